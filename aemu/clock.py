@@ -1,0 +1,399 @@
+"""Virtual time on asyncio: a loop whose clock jumps to the next timer, and QEMU-style clocks.
+
+The loop (:class:`VirtualTimeLoop`) is asyncio's own selector loop with two changes:
+
+* ``time()`` is virtual. It is kept as integer nanoseconds (:func:`now_ns`) and shown to asyncio
+  as seconds, so ``asyncio.sleep``, ``asyncio.timeout`` and ``anyio.sleep`` work unchanged.
+* Every timer (asyncio's ``call_at``/``call_later`` and aemu's :func:`sleep_ns`) goes into one
+  heap of plain ``(when_ns, seq, item)`` tuples, resolved inside the selector's ``select`` step:
+  when no callback is ready, time jumps to the earliest entry and every entry due at that instant
+  is released in insertion order (first in, first out), so a program and its seed give the same
+  result on every run. asyncio's own ``TimerHandle`` heap orders same-instant timers by deadline
+  only, and costs about twice as much per sleep (see ``bench/bench_clock.py``).
+
+When nothing is ready, no timer is pending, no executor job is outstanding and no real file
+descriptor is being watched, yet tasks are still blocked, the run can never progress: the loop
+raises :class:`aemu.errors.SimulationDeadlock` naming each blocked task and what it waits on,
+instead of hanging.
+
+``pace=X`` keeps virtual time from running faster than X times wall time (live monitoring).
+
+Clocks mirror QEMU's ``qemu_clock_get_ns()``: ``VIRTUAL`` is the loop's virtual time,
+``REALTIME`` the host's monotonic clock, ``HOST`` the host's wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import selectors
+import sys
+import time
+import weakref
+from asyncio import events
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from .errors import SimulationDeadlock
+
+__all__ = [
+    "HOST",
+    "REALTIME",
+    "VIRTUAL",
+    "VIRTUAL_RT",
+    "QEMUClockType",
+    "VirtualTimeLoop",
+    "VirtualTimePolicy",
+    "call_at_ns",
+    "clock_get_ns",
+    "now_ns",
+    "register_wait_source",
+    "run",
+    "sleep_ns",
+]
+
+T = TypeVar("T")
+
+NS_PER_S = 1_000_000_000
+_get_running_loop = events._get_running_loop  # C accelerated, no error when none is running
+_TimerHandle = events.TimerHandle
+
+
+class QEMUClockType(enum.IntEnum):
+    """QEMU's ``QEMUClockType`` (include/qemu/timer.h), same values."""
+
+    REALTIME = 0
+    VIRTUAL = 1
+    HOST = 2
+    VIRTUAL_RT = 3
+
+
+REALTIME = QEMUClockType.REALTIME
+VIRTUAL = QEMUClockType.VIRTUAL
+HOST = QEMUClockType.HOST
+VIRTUAL_RT = QEMUClockType.VIRTUAL_RT
+
+
+class WaitSource(Protocol):
+    """Something tasks can block on that can say who waits on it (for deadlock reports)."""
+
+    def describe_waiters(self) -> dict[asyncio.Task[Any], str]: ...
+
+
+_wait_sources: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_wait_source(source: WaitSource) -> None:
+    """Let deadlock reports ask ``source.describe_waiters()`` what its blocked tasks wait on."""
+    _wait_sources.add(source)
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """The selector the loop polls: it advances virtual time instead of blocking.
+
+    Registration is delegated to a real selector so sockets and ``call_soon_threadsafe`` keep
+    working; ``select`` polls it without blocking, except when the run is waiting for outside
+    input (a watched socket, an executor job) or is being paced to wall time.
+    """
+
+    def __init__(self) -> None:
+        self._real = selectors.DefaultSelector()
+        self.loop: VirtualTimeLoop | None = None
+
+    # -- delegation ------------------------------------------------------------------------
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Any:
+        return self._real.get_map()
+
+    def close(self) -> None:
+        self._real.close()
+
+    # -- the virtual-time step -------------------------------------------------------------
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        loop = self.loop
+        assert loop is not None
+        real = self._real
+        external = len(real.get_map()) > 1 or loop._executor_jobs > 0  # >1: the self-pipe
+        if timeout is not None:  # callbacks are ready (or the loop is stopping): just poll
+            return real.select(0) if external else []
+        if loop._advance():
+            return real.select(0) if external else []
+        paced = loop._paced_wait_s()
+        if paced is not None:  # pacing: wait for wall time to catch up, serving real I/O meanwhile
+            events_ = real.select(paced)
+            if events_ or loop._ready:
+                return events_
+            loop._advance(force=True)
+            return real.select(0) if external else []
+        if loop._timers:
+            loop._advance(force=True)
+            return real.select(0) if external else []
+        if external:  # nothing virtual to do: wait for the outside world
+            return real.select(None)
+        raise loop._deadlock()
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop whose ``time()`` is virtual and jumps to the next timer.
+
+    Same-instant events run first in, first out. Integer nanoseconds inside; ``time()`` gives
+    seconds as every asyncio loop does.
+    """
+
+    def __init__(self, *, pace: float | None = None, start_ns: int = 0) -> None:
+        if pace is not None and not pace > 0:
+            raise ValueError(f"pace must be a positive number (virtual seconds per wall second), got {pace!r}")
+        if start_ns < 0:
+            raise ValueError(f"start_ns must be >= 0, got {start_ns}")
+        selector = _VirtualSelector()
+        self._now_ns = start_ns
+        self._timers: list[tuple[int, int, Any]] = []
+        self._seq = 0
+        self._executor_jobs = 0
+        self._pace = pace
+        self._pace_origin: tuple[int, float] | None = None
+        self.timers_fired = 0
+        super().__init__(selector)
+        selector.loop = self
+        self._clock_resolution = 1e-9
+
+    # -- clock -------------------------------------------------------------------------------
+    def time(self) -> float:
+        return self._now_ns / NS_PER_S
+
+    def now_ns(self) -> int:
+        """Virtual time in integer nanoseconds."""
+        return self._now_ns
+
+    @property
+    def pace(self) -> float | None:
+        """Virtual seconds allowed per wall second, or None for as fast as possible."""
+        return self._pace
+
+    @pace.setter
+    def pace(self, value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"pace must be a positive number, got {value!r}")
+        self._pace = value
+        self._pace_origin = None
+
+    # -- timers ------------------------------------------------------------------------------
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any,
+                context: Any = None) -> asyncio.TimerHandle:
+        return self.call_at_ns(round(when * NS_PER_S), callback, *args, context=context)
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any,
+                   context: Any = None) -> asyncio.TimerHandle:
+        return self.call_at_ns(self._now_ns + round(delay * NS_PER_S), callback, *args, context=context)
+
+    def call_at_ns(self, when_ns: int, callback: Callable[..., Any], *args: Any,
+                   context: Any = None) -> asyncio.TimerHandle:
+        """Schedule ``callback(*args)`` at virtual time ``when_ns`` (FIFO among equal times)."""
+        self._check_closed()
+        if when_ns < self._now_ns:
+            when_ns = self._now_ns
+        handle = _TimerHandle(when_ns / NS_PER_S, callback, args, self, context)
+        self._seq = seq = self._seq + 1
+        heapq.heappush(self._timers, (when_ns, seq, handle))
+        return handle
+
+    def resolve_at_ns(self, when_ns: int, fut: asyncio.Future[Any]) -> None:
+        """Set ``fut``'s result to None at virtual time ``when_ns`` unless it is done by then."""
+        self._seq = seq = self._seq + 1
+        heapq.heappush(self._timers, (when_ns if when_ns > self._now_ns else self._now_ns, seq, fut))
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass  # cancelled entries are skipped when they reach the head of the heap
+
+    def pending_timers(self) -> int:
+        """Timer entries still in the heap (cancelled ones included until they are reached)."""
+        return len(self._timers)
+
+    def _advance(self, force: bool = False) -> bool:
+        """Release every timer due at the earliest pending instant, if allowed now.
+
+        Without ``force`` time moves only when pacing does not hold it back. Returns True when
+        something was released (callbacks are now ready).
+        """
+        timers = self._timers
+        heappop = heapq.heappop
+        pace = self._pace
+        while timers:
+            when = timers[0][0]
+            if pace is not None and not force and when > self._now_ns:
+                return False
+            if when > self._now_ns:
+                self._now_ns = when
+            released = False
+            while timers and timers[0][0] == when:
+                item = heappop(timers)[2]
+                if item.__class__ is _TimerHandle:
+                    if not item._cancelled:
+                        self._ready.append(item)
+                        released = True
+                elif not item.done():
+                    item.set_result(None)
+                    released = True
+            if released:
+                self.timers_fired += 1
+                return True
+            if pace is not None:
+                return False  # only cancelled entries were due: re-check pacing for the next one
+        return False
+
+    def _paced_wait_s(self) -> float | None:
+        """Wall seconds to wait before the next timer may fire under pacing, or None."""
+        pace = self._pace
+        if pace is None or not self._timers:
+            return None
+        wall = time.monotonic()
+        if self._pace_origin is None:
+            self._pace_origin = (self._now_ns, wall)
+        v0, w0 = self._pace_origin
+        due = w0 + (self._timers[0][0] - v0) / NS_PER_S / pace
+        if due > wall:
+            return due - wall
+        self._pace_origin = (self._now_ns, wall)  # behind schedule: re-anchor, never sprint to catch up
+        return 0.0
+
+    # -- outside work that may still wake the loop ---------------------------------------------
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        fut = super().run_in_executor(executor, func, *args)
+        self._executor_jobs += 1
+        fut.add_done_callback(self._executor_job_done)
+        return fut
+
+    def _executor_job_done(self, _fut: asyncio.Future[Any]) -> None:
+        self._executor_jobs -= 1
+
+    # -- deadlock ------------------------------------------------------------------------------
+    def _deadlock(self) -> SimulationDeadlock:
+        blocked = describe_blocked_tasks(self)
+        if not blocked:
+            lines = ["nothing is ready and no timer is pending, but the loop was asked to keep running"]
+        else:
+            lines = [f"{len(blocked)} task(s) blocked with no event pending:"]
+            lines += [f"  task {name!r} waits on {what}" for name, what in blocked.items()]
+        msg = f"simulation deadlock at t={self._now_ns} ns: " + "\n".join(lines)
+        return SimulationDeadlock(msg, blocked)
+
+
+def describe_blocked_tasks(loop: asyncio.AbstractEventLoop) -> dict[str, str]:
+    """For each unfinished task of ``loop``: its name and what it waits on."""
+    known: dict[asyncio.Task[Any], str] = {}
+    for source in list(_wait_sources):
+        try:
+            known.update(source.describe_waiters())
+        except Exception:  # a report must never hide the deadlock itself
+            continue
+    out: dict[str, str] = {}
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
+        if task.done():
+            continue
+        out[task.get_name()] = known.get(task) or _where(task)
+    return out
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """A task's awaited object and the innermost line of its coroutine stack."""
+    coro: Any = task.get_coro()
+    frame = None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or frame
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    waiter = getattr(task, "_fut_waiter", None)
+    what = "a future that nothing will complete" if waiter is not None else "nothing (not started)"
+    if frame is not None:
+        what += f" in {frame.f_code.co_name}() at {frame.f_code.co_filename}:{frame.f_lineno}"
+    return what
+
+
+class VirtualTimePolicy(asyncio.DefaultEventLoopPolicy):
+    """An event-loop policy that makes :class:`VirtualTimeLoop` loops (for pytest-asyncio etc.)."""
+
+    def new_event_loop(self) -> VirtualTimeLoop:
+        return VirtualTimeLoop()
+
+
+# -- module-level API (pinned names) ---------------------------------------------------------
+
+def run(coro: Coroutine[Any, Any, T], *, pace: float | None = None, debug: bool | None = None) -> T:
+    """Run ``coro`` on a fresh virtual-time loop and return its result.
+
+    Like ``asyncio.run``: tasks left over are cancelled at the end. A deadlock raises
+    :class:`aemu.errors.SimulationDeadlock`.
+    """
+    if pace is not None and not pace > 0:
+        coro.close()
+        raise ValueError(f"pace must be a positive number (virtual seconds per wall second), got {pace!r}")
+    runner = asyncio.Runner(debug=debug, loop_factory=lambda: VirtualTimeLoop(pace=pace))
+    try:
+        return runner.run(coro)
+    finally:
+        try:
+            runner.close()
+        except SimulationDeadlock:
+            pass  # tasks that block even while being cancelled are abandoned with the loop
+
+
+def now_ns() -> int:
+    """Current virtual time of the running loop, in integer nanoseconds.
+
+    On a loop that is not virtual (real-time mode) it is the loop's clock in nanoseconds.
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeError("aemu.clock.now_ns() needs a running event loop (use aemu.clock.run)")
+    try:
+        return loop._now_ns  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:
+        return int(loop.time() * NS_PER_S)
+
+
+def clock_get_ns(clock: QEMUClockType = VIRTUAL) -> int:
+    """QEMU's ``qemu_clock_get_ns()``: VIRTUAL/VIRTUAL_RT from the loop, REALTIME/HOST from the host."""
+    if clock == VIRTUAL or clock == VIRTUAL_RT:
+        return now_ns()
+    if clock == REALTIME:
+        return time.monotonic_ns()
+    if clock == HOST:
+        return time.time_ns()
+    raise ValueError(f"unknown clock {clock!r}; use VIRTUAL, VIRTUAL_RT, REALTIME or HOST")
+
+
+def sleep_ns(ns: int) -> Awaitable[None]:
+    """Sleep ``ns`` nanoseconds of virtual time (real time on a non-virtual loop)."""
+    if ns < 0:
+        raise ValueError(f"sleep_ns needs a duration >= 0, got {ns}")
+    loop = _get_running_loop()
+    if loop.__class__ is VirtualTimeLoop or isinstance(loop, VirtualTimeLoop):
+        fut = loop.create_future()
+        loop._seq = seq = loop._seq + 1
+        heapq.heappush(loop._timers, (loop._now_ns + ns, seq, fut))
+        return fut
+    if loop is None:
+        raise RuntimeError("aemu.clock.sleep_ns() needs a running event loop (use aemu.clock.run)")
+    return asyncio.sleep(ns / NS_PER_S)
+
+
+def call_at_ns(when_ns: int, callback: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+    """Schedule ``callback(*args)`` at absolute virtual time ``when_ns``; returns a cancellable handle."""
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeError("aemu.clock.call_at_ns() needs a running event loop")
+    if isinstance(loop, VirtualTimeLoop):
+        return loop.call_at_ns(when_ns, callback, *args)
+    return loop.call_at(when_ns / NS_PER_S, callback, *args)
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11
+    raise ImportError("aemu needs Python 3.11 or newer")

@@ -1,0 +1,188 @@
+"""The virtual-time loop: time jumps, FIFO at equal instants, asyncio/anyio interplay, pacing,
+deadlock detection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import pytest
+
+from aemu import clock
+from aemu.clock import REALTIME, VIRTUAL, VirtualTimeLoop, clock_get_ns, now_ns, sleep_ns
+from aemu.errors import SimulationDeadlock
+
+
+class TestVirtualTime:
+    def test_run_returns_result_and_time_jumps(self) -> None:
+        async def main() -> int:
+            await sleep_ns(3_600 * 10**9)  # an hour of virtual time, instantly
+            return now_ns()
+
+        t0 = time.monotonic()
+        assert clock.run(main()) == 3_600 * 10**9
+        assert time.monotonic() - t0 < 1.0
+
+    def test_same_instant_events_run_fifo(self) -> None:
+        log: list[tuple[int, str]] = []
+
+        async def worker(name: str, delay: int) -> None:
+            await sleep_ns(delay)
+            log.append((now_ns(), name))
+            await asyncio.sleep(1e-6)  # asyncio's own timers share the same heap
+            log.append((now_ns(), name + "'"))
+
+        async def main() -> None:
+            await asyncio.gather(*(worker(n, d) for n, d in [("a", 10), ("b", 5), ("c", 10), ("d", 0), ("e", 10)]))
+
+        clock.run(main())
+        assert log == [
+            (0, "d"), (5, "b"), (10, "a"), (10, "c"), (10, "e"),
+            (1000, "d'"), (1005, "b'"), (1010, "a'"), (1010, "c'"), (1010, "e'"),
+        ]
+
+    def test_identical_runs_give_identical_traces(self) -> None:
+        import random
+
+        def once() -> list[tuple[int, int]]:
+            rng = random.Random(7)
+            log: list[tuple[int, int]] = []
+
+            async def w(i: int) -> None:
+                for _ in range(50):
+                    await sleep_ns(rng.randrange(0, 100))
+                    log.append((now_ns(), i))
+
+            async def main() -> None:
+                await asyncio.gather(*(w(i) for i in range(20)))
+
+            clock.run(main())
+            return log
+
+        assert once() == once()
+
+    def test_loop_time_is_seconds_and_timeouts_work(self) -> None:
+        async def main() -> list[object]:
+            loop = asyncio.get_running_loop()
+            out: list[object] = [loop.time()]
+            async with asyncio.timeout(1):
+                await asyncio.sleep(0.25)
+            out.append(now_ns())
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(2):
+                    await asyncio.sleep(5)
+            out.append(now_ns())
+            out.append(await asyncio.wait_for(asyncio.sleep(1, result="ok"), 3))
+            out.append(loop.time())
+            return out
+
+        assert clock.run(main()) == [0.0, 250_000_000, 2_250_000_000, "ok", 3.25]
+
+    def test_cancelled_timer_does_not_fire_or_move_time(self) -> None:
+        async def main() -> int:
+            fired: list[int] = []
+            loop = asyncio.get_running_loop()
+            h = loop.call_later(100, fired.append, 1)
+            clock.call_at_ns(50, fired.append, 2)
+            await sleep_ns(10)
+            h.cancel()
+            await sleep_ns(100)
+            assert fired == [2]
+            return now_ns()
+
+        assert clock.run(main()) == 110
+
+    def test_anyio_runs_in_virtual_time(self) -> None:
+        async def main() -> int:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 2)
+                tg.start_soon(anyio.sleep, 1)
+            return now_ns()
+
+        assert clock.run(main()) == 2 * 10**9
+
+    def test_executor_work_is_not_a_deadlock(self) -> None:
+        async def main() -> int:
+            await asyncio.to_thread(time.sleep, 0.05)
+            return now_ns()
+
+        assert clock.run(main()) == 0
+
+    def test_clocks(self) -> None:
+        async def main() -> tuple[int, int]:
+            await sleep_ns(42)
+            return clock_get_ns(VIRTUAL), clock_get_ns(REALTIME)
+
+        v, r = clock.run(main())
+        assert v == 42 and r > 10**6
+
+    def test_bad_input(self) -> None:
+        with pytest.raises(ValueError, match="pace must be a positive number"):
+            clock.run(asyncio.sleep(0), pace=0)
+
+        async def neg() -> None:
+            await sleep_ns(-1)
+
+        with pytest.raises(ValueError, match="sleep_ns needs a duration >= 0"):
+            clock.run(neg())
+        with pytest.raises(RuntimeError, match="needs a running event loop"):
+            now_ns()
+
+
+class TestPace:
+    def test_pace_holds_virtual_time_to_wall_time(self) -> None:
+        async def main() -> None:
+            for _ in range(10):
+                await sleep_ns(10_000_000)  # 100 ms of virtual time in all
+
+        t0 = time.monotonic()
+        clock.run(main(), pace=2.0)  # at most 2 virtual seconds per wall second: >= 50 ms
+        elapsed = time.monotonic() - t0
+        assert 0.045 <= elapsed < 2.0
+
+
+class TestDeadlock:
+    def test_deadlock_names_every_blocked_task(self) -> None:
+        async def stuck(ev: asyncio.Event) -> None:
+            await ev.wait()
+
+        async def main() -> None:
+            ev = asyncio.Event()
+            a = asyncio.create_task(stuck(ev), name="vcpu0")
+            b = asyncio.create_task(stuck(ev), name="vcpu1")
+            await sleep_ns(5)
+            await asyncio.gather(a, b)
+
+        with pytest.raises(SimulationDeadlock) as info:
+            clock.run(main())
+        msg = str(info.value)
+        assert msg.startswith("simulation deadlock at t=5 ns")
+        assert "'vcpu0' waits on" in msg and "'vcpu1' waits on" in msg and "in wait()" in msg
+        assert set(info.value.blocked) >= {"vcpu0", "vcpu1"}
+
+    def test_deadlock_lists_waits_from_registered_sources(self) -> None:
+        class Gate:
+            def __init__(self) -> None:
+                self.waiters: dict[asyncio.Task[None], str] = {}
+
+            def describe_waiters(self) -> dict[asyncio.Task[None], str]:
+                return dict(self.waiters)
+
+        gate = Gate()
+        clock.register_wait_source(gate)
+
+        async def main() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            gate.waiters[task] = "gate 'g' (closed forever)"
+            await asyncio.get_running_loop().create_future()
+
+        with pytest.raises(SimulationDeadlock, match="waits on gate 'g' \\(closed forever\\)"):
+            clock.run(main())
+
+
+async def test_async_tests_run_on_the_virtual_loop() -> None:
+    assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+    await asyncio.sleep(10)
+    assert now_ns() == 10 * 10**9
