@@ -130,7 +130,7 @@ class _VirtualSelector(selectors.BaseSelector):
         paced = loop._paced_wait_s()
         if paced is not None:  # pacing: wait for wall time to catch up, serving real I/O meanwhile
             events_ = real.select(paced)
-            if events_ or loop._ready:
+            if events_ or loop._ready:  # type: ignore[attr-defined]
                 return events_
             loop._advance(force=True)
             return real.select(0) if external else []
@@ -187,18 +187,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._pace_origin = None
 
     # -- timers ------------------------------------------------------------------------------
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any,
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
                 context: Any = None) -> asyncio.TimerHandle:
         return self.call_at_ns(round(when * NS_PER_S), callback, *args, context=context)
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any,
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
                    context: Any = None) -> asyncio.TimerHandle:
         return self.call_at_ns(self._now_ns + round(delay * NS_PER_S), callback, *args, context=context)
 
     def call_at_ns(self, when_ns: int, callback: Callable[..., Any], *args: Any,
                    context: Any = None) -> asyncio.TimerHandle:
         """Schedule ``callback(*args)`` at virtual time ``when_ns`` (FIFO among equal times)."""
-        self._check_closed()
+        self._check_closed()  # type: ignore[attr-defined]
         if when_ns < self._now_ns:
             when_ns = self._now_ns
         handle = _TimerHandle(when_ns / NS_PER_S, callback, args, self, context)
@@ -238,7 +238,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 item = heappop(timers)[2]
                 if item.__class__ is _TimerHandle:
                     if not item._cancelled:
-                        self._ready.append(item)
+                        self._ready.append(item)  # type: ignore[attr-defined]
                         released = True
                 elif not item.done():
                     item.set_result(None)
@@ -266,7 +266,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return 0.0
 
     # -- outside work that may still wake the loop ---------------------------------------------
-    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:  # type: ignore[override]
         fut = super().run_in_executor(executor, func, *args)
         self._executor_jobs += 1
         fut.add_done_callback(self._executor_job_done)
