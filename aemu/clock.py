@@ -311,7 +311,14 @@ def _where(task: asyncio.Task[Any]) -> str:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or frame
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     waiter = getattr(task, "_fut_waiter", None)
-    what = "a future that nothing will complete" if waiter is not None else "nothing (not started)"
+    if waiter is None:
+        what = "nothing (not started)"
+    elif isinstance(waiter, asyncio.Task):
+        what = f"task {waiter.get_name()!r}"
+    elif hasattr(waiter, "_children"):  # asyncio.gather's future
+        what = f"asyncio.gather() of {len(waiter._children)} awaitables"
+    else:
+        what = "a future that nothing will complete"
     if frame is not None:
         what += f" in {frame.f_code.co_name}() at {frame.f_code.co_filename}:{frame.f_lineno}"
     return what
