@@ -1,6 +1,76 @@
 """aemu: emulate how a VMM's vCPUs, memory-mapped devices and the Big QEMU Lock interact,
-in virtual time, on asyncio."""
+in virtual time, on asyncio.
+
+The public API, re-exported here:
+
+* virtual time (:mod:`aemu.clock`): :func:`run`, :func:`now_ns`, :func:`sleep_ns`,
+  :func:`clock_get_ns` with :data:`VIRTUAL`/:data:`REALTIME`/:data:`HOST`, :class:`VirtualTimeLoop`;
+* locks (:mod:`aemu.sync`): :class:`Lock` (the BQL and device mutexes, with lock_stat/QSP
+  accounting), :class:`SeqLock`, :func:`bql_locked`, and their frozen statistics;
+* QEMU's memory API (:mod:`aemu.memory`): :class:`MemoryRegion`, :class:`MemoryRegionOps`,
+  :class:`AddressSpace`, :class:`MemTxResult`, :func:`prepare_mmio_access`, :func:`mtree_text`;
+* errors (:mod:`aemu.errors`).
+"""
 
 from __future__ import annotations
 
+from .clock import (
+    HOST,
+    REALTIME,
+    VIRTUAL,
+    VIRTUAL_RT,
+    QEMUClockType,
+    VirtualTimeLoop,
+    call_at_ns,
+    clock_get_ns,
+    now_ns,
+    run,
+    sleep_ns,
+)
+from .errors import (
+    AddressOutOfRangeError,
+    AemuError,
+    ConfigError,
+    InvalidAccessSizeError,
+    InvalidOffsetError,
+    InvalidSizeError,
+    LayoutError,
+    RegionInUseError,
+    RegionOutOfBoundsError,
+    SimulationDeadlock,
+)
+from .memory import (
+    AddressSpace,
+    FlatRange,
+    MemoryRegion,
+    MemoryRegionOps,
+    MemTxResult,
+    mtree_text,
+    prepare_mmio_access,
+)
+from .sync import (
+    ContentionPoint,
+    Lock,
+    LockStatistics,
+    SeqLock,
+    SeqLockStatistics,
+    SiteStats,
+    TaskLockStats,
+    TimeStats,
+    bql_locked,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "HOST", "REALTIME", "VIRTUAL", "VIRTUAL_RT", "QEMUClockType", "VirtualTimeLoop",
+    "call_at_ns", "clock_get_ns", "now_ns", "run", "sleep_ns",
+    "AddressOutOfRangeError", "AemuError", "ConfigError", "InvalidAccessSizeError",
+    "InvalidOffsetError", "InvalidSizeError", "LayoutError", "RegionInUseError",
+    "RegionOutOfBoundsError", "SimulationDeadlock",
+    "AddressSpace", "FlatRange", "MemoryRegion", "MemoryRegionOps", "MemTxResult",
+    "mtree_text", "prepare_mmio_access",
+    "ContentionPoint", "Lock", "LockStatistics", "SeqLock", "SeqLockStatistics", "SiteStats",
+    "TaskLockStats", "TimeStats", "bql_locked",
+    "__version__",
+]
