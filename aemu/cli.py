@@ -7,6 +7,8 @@ with the machine model) and ``aemu demo``; both print a report computed by runni
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -19,7 +21,10 @@ def cli() -> None:
     """Emulate how a VMM's vCPUs, devices and the Big QEMU Lock interact, in virtual time."""
 
 
-def _demo_options(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _demo_options(f: F) -> F:
     f = click.option("--readers", default=64, show_default=True, type=click.IntRange(1, 4096),
                      help="Concurrent reader tasks (vCPU stand-ins).")(f)
     f = click.option("--reads", default=200, show_default=True, type=click.IntRange(1, 10**7),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
@@ -114,7 +115,7 @@ def format_comparison(results: tuple[DemoResult, DemoResult]) -> str:
     def us(ns: float) -> str:
         return f"{ns / 1000:,.1f} µs"
 
-    rows = [
+    rows: list[tuple[str, Callable[[DemoResult], str]]] = [
         ("virtual time to finish", lambda r: us(r.elapsed_ns)),
         ("read latency p50", lambda r: us(r.read_p50_ns)),
         ("read latency p99", lambda r: us(r.read_p99_ns)),

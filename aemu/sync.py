@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, NoReturn, TypeVar
 
-from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from hdrh.histogram import HdrHistogram
 
 from .clock import NS_PER_S, VirtualTimeLoop, call_at_ns, now_ns, register_wait_source
 from .errors import ConfigError
