@@ -43,6 +43,8 @@ __all__ = [
     "VIRTUAL",
     "VIRTUAL_RT",
     "QEMUClockType",
+    "QuantumKeeper",
+    "current_keeper",
     "VirtualTimeLoop",
     "VirtualTimePolicy",
     "call_at_ns",
@@ -400,6 +402,95 @@ def call_at_ns(when_ns: int, callback: Callable[..., Any], *args: Any) -> asynci
     if isinstance(loop, VirtualTimeLoop):
         return loop.call_at_ns(when_ns, callback, *args)
     return loop.call_at(when_ns / NS_PER_S, callback, *args)
+
+
+# -- temporal decoupling ---------------------------------------------------------------------
+
+#: Task -> its QuantumKeeper (only tasks that run ahead of global time have one).
+_keepers: dict[Any, QuantumKeeper] = {}
+
+
+class QuantumKeeper:
+    """SystemC TLM-2's ``tlm_quantumkeeper`` for one task: local time that runs ahead of the loop.
+
+    A vCPU doing work that nobody else can observe (guest compute, exits, lockless device reads)
+    adds its cost to ``offset_ns`` instead of sleeping, so it costs no event-loop turn. It syncs
+    -- sleeps the offset, bringing global time up to its local time -- before anything others can
+    observe: taking a lock (aemu's :class:`~aemu.sync.Lock` does it by itself), halting, or when
+    the offset passes ``quantum_ns``. Invariant: a task with a keeper never yields to the loop
+    with a non-zero offset, so whoever runs next sees a consistent global time.
+
+    While the task holds a lock, time cannot be run ahead (the hold would end early in global
+    time): :meth:`advance` asks for a sync on every call then. ``quantum_ns=0`` is exact lockstep.
+    """
+
+    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task")
+
+    def __init__(self, quantum_ns: int = 0) -> None:
+        if isinstance(quantum_ns, bool) or not isinstance(quantum_ns, int) or quantum_ns < 0:
+            raise ValueError(f"quantum must be an integer number of nanoseconds >= 0, got {quantum_ns!r}")
+        self.quantum_ns = quantum_ns
+        self.offset_ns = 0
+        self.locks_held = 0
+        self.syncs = 0
+        self.task: Any = None
+
+    def attach(self, task: asyncio.Task[Any] | None = None) -> None:
+        """Make this the keeper of ``task`` (default: the current task)."""
+        task = task or asyncio.current_task()
+        if task is None:
+            raise RuntimeError("QuantumKeeper.attach() needs a task")
+        self.detach()
+        self.task = task
+        _keepers[task] = self
+
+    def detach(self) -> None:
+        """Forget the task (call when it ends); the offset must have been synced."""
+        if self.task is not None and _keepers.get(self.task) is self:
+            del _keepers[self.task]
+        self.task = None
+
+    def advance(self, ns: int) -> bool:
+        """Add ``ns`` of local time; True when the caller must ``await sync()`` now."""
+        self.offset_ns += ns
+        return self.locks_held > 0 or self.offset_ns > self.quantum_ns
+
+    def sync(self) -> Awaitable[None]:
+        """Sleep the local offset so global time catches up with this task's local time."""
+        off = self.offset_ns
+        self.offset_ns = 0
+        self.syncs += 1
+        return sleep_ns(off)
+
+    async def delay(self, ns: int) -> None:
+        """Spend ``ns`` of work: run ahead if allowed, else sleep (the awaitable form of advance)."""
+        if self.advance(ns):
+            await self.sync()
+
+    def local_now_ns(self) -> int:
+        """This task's view of virtual time: global time plus its offset."""
+        return now_ns() + self.offset_ns
+
+    def __repr__(self) -> str:
+        return (f"<QuantumKeeper quantum={self.quantum_ns} ns offset={self.offset_ns} ns "
+                f"locks_held={self.locks_held}>")
+
+
+def current_keeper() -> QuantumKeeper | None:
+    """The running task's QuantumKeeper, if it has one."""
+    if not _keepers:
+        return None
+    return _keepers.get(asyncio.current_task())
+
+
+def local_now_ns() -> int:
+    """Virtual time as the running task sees it: global time plus its keeper's offset, if any."""
+    now = now_ns()
+    if _keepers:
+        k = _keepers.get(asyncio.current_task())
+        if k is not None:
+            return now + k.offset_ns
+    return now
 
 
 if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11

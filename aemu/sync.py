@@ -27,7 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
-from .clock import NS_PER_S, VirtualTimeLoop, call_at_ns, now_ns, register_wait_source
+from .clock import NS_PER_S, _keepers, VirtualTimeLoop, call_at_ns, now_ns, register_wait_source
 from .errors import ConfigError
 
 __all__ = [
@@ -519,6 +519,12 @@ class Lock:
             if self._owner is task:
                 self._raise_recursive()
             return False
+        if _keepers:  # a task running ahead of global time must sync before taking a lock
+            k = _keepers.get(task)
+            if k is not None:
+                if k.offset_ns:
+                    return False
+                k.locks_held += 1
         now = self._clock()
         self._owner = task
         self._owner_site = site
@@ -542,8 +548,18 @@ class Lock:
         return True
 
     async def acquire(self, site: str = "unknown") -> None:
-        """Take the lock, waiting if another task holds it; ``site`` names the call site in reports."""
+        """Take the lock, waiting if another task holds it; ``site`` names the call site in reports.
+
+        A task with a :class:`~aemu.clock.QuantumKeeper` first syncs its local time (a lock is a
+        synchronisation point).
+        """
         if not self.try_acquire(site):
+            if _keepers:
+                k = _keepers.get(_task_of(self._loop))
+                if k is not None and k.offset_ns:
+                    await k.sync()
+                    if self.try_acquire(site):
+                        return
             await self._acquire_contended(site)
 
     def release(self) -> None:
@@ -565,6 +581,10 @@ class Lock:
         acc.hold_total += hold
         if self.bql:
             _bql_release(task)
+        if _keepers:
+            k = _keepers.get(task)
+            if k is not None:
+                k.locks_held -= 1
         if self._queue:
             self._pass_on(now)
         else:
@@ -681,6 +701,10 @@ class Lock:
             self._abandon(w)
             raise
         del self._pending[task]
+        if _keepers:
+            k = _keepers.get(task)
+            if k is not None:
+                k.locks_held += 1
         now = self._clock()
         wait = now - w.start
         self._hold_start = now

@@ -1,0 +1,162 @@
+"""What a device model sees of the machine: :class:`DeviceHost`, and the :class:`Device` base.
+
+A device gets a host at construction and uses it for everything outside its own registers:
+
+* ``host.bql`` -- the Big QEMU Lock (an :class:`aemu.sync.Lock` with ``bql=True``);
+* ``host.costs`` -- the :class:`aemu.costs.CostModel` (``host.costs.handler("hpet")`` etc.);
+* ``host.patch("hpet-lock")`` -- whether a switch of the BQL-free series is on;
+* ``host.now_ns()`` -- ``qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)`` as the calling vCPU sees it
+  (global virtual time plus the vCPU's run-ahead offset under temporal decoupling);
+* ``await host.delay(ns)`` -- spend ``ns`` of device work: a vCPU holding no lock runs ahead
+  (no event-loop turn, see :class:`aemu.clock.QuantumKeeper`); holding a lock it sleeps, so
+  others see the lock held for that long;
+* ``host.timer_new_ns(name, cb)`` -- a QEMU timer run by the main loop under the BQL;
+* ``host.new_lock(name)`` -- a device mutex (``QemuMutex``) with the cost model's hand-off latency;
+* ``host.gsi(n)`` -- the interrupt line for GSI ``n`` (set by the machine's irqchip).
+
+Handlers are ``read(offset, size) -> int`` / ``write(offset, value, size)``: plain functions when
+they never wait, coroutine functions when they take a lock or spend time. They charge their own
+cost with ``await host.delay(...)`` (under the lock the access holds, if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .. import clock
+from ..clock import QuantumKeeper, current_keeper, local_now_ns
+from ..costs import CostModel
+from ..errors import ConfigError
+from ..irq import IRQLine
+from ..memory import MemoryRegion
+from ..sync import Lock
+from ..timer import MainLoop, QEMUTimer, TimerCallback
+
+__all__ = ["Device", "DeviceHost", "PATCHES"]
+
+#: The switches of the BQL-free PIO/MMIO series, in patch order, with their prerequisites.
+PATCHES: dict[str, tuple[str, ...]] = {
+    "lockless-io": (),                                   # 1/6 MemoryRegion.lockless_io
+    "pmtimer-lockless": ("lockless-io",),                # 2/6 ACPI PM timer region lockless
+    "hpet-lock": ("lockless-io",),                       # 3/6 HPET device mutex, region lockless
+    "hpet-counter-lockless": ("hpet-lock",),             # 4-5/6 main-counter read via seqlock
+    "irqchip-pre-run": (),                               # 6/6 kvm_arch_pre_run BQL only if needed
+}
+
+
+class DeviceHost:
+    """The machine as its devices see it (see the module docstring)."""
+
+    def __init__(self, *, bql: Lock | None = None, costs: CostModel | None = None,
+                 patches: Iterable[str] = (), gsi_count: int = 24) -> None:
+        self.costs = costs or CostModel()
+        self.bql = bql or Lock("BQL", handoff_ns=self.costs.bql_handoff_ns, bql=True)
+        self.patches: set[str] = set()
+        for p in patches:
+            self.set_patch(p, True)
+        self.main_loop = MainLoop(self.bql, self.costs.timer_cb_ns)
+        self.locks: dict[str, Lock] = {}
+        self._gsi: list[IRQLine | None] = [None] * gsi_count
+
+    # -- switches ------------------------------------------------------------------------------
+    def patch(self, name: str) -> bool:
+        """Whether switch ``name`` is on."""
+        return name in self.patches
+
+    def set_patch(self, name: str, on: bool) -> None:
+        """Turn a switch on or off (prerequisites checked; devices read switches on each access)."""
+        if name not in PATCHES:
+            raise ConfigError(f"unknown patch {name!r}; accepted: {', '.join(PATCHES)}")
+        if on:
+            missing = [p for p in PATCHES[name] if p not in self.patches]
+            if missing:
+                raise ConfigError(f"patch {name!r} needs {missing[0]!r}, which is off")
+            self.patches.add(name)
+        else:
+            dependants = [p for p, pre in PATCHES.items() if name in pre and p in self.patches]
+            if dependants:
+                raise ConfigError(f"cannot turn off {name!r}: {dependants[0]!r} needs it")
+            self.patches.discard(name)
+
+    # -- time ----------------------------------------------------------------------------------
+    @staticmethod
+    def now_ns() -> int:
+        """Virtual time as the calling task sees it (``qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)``)."""
+        return local_now_ns()
+
+    @staticmethod
+    def delay(ns: int) -> Awaitable[None]:
+        """Spend ``ns`` of work: run ahead when allowed, else sleep (see module docstring)."""
+        k = current_keeper()
+        if k is None:
+            return clock.sleep_ns(ns)
+        return k.delay(ns)
+
+    @staticmethod
+    def keeper() -> QuantumKeeper | None:
+        """The calling task's quantum keeper, if it runs ahead of global time."""
+        return current_keeper()
+
+    def timer_new_ns(self, name: str, cb: TimerCallback) -> QEMUTimer:
+        """A timer on the virtual clock, run by the main loop under the BQL."""
+        return self.main_loop.timer_new_ns(name, cb)
+
+    # -- locks and interrupts ------------------------------------------------------------------
+    def new_lock(self, name: str) -> Lock:
+        """A device mutex (``QemuMutex``), accounted like the BQL and listed in ``self.locks``."""
+        if name in self.locks or name == self.bql.name:
+            raise ConfigError(f"a lock named {name!r} already exists")
+        lock = self.locks[name] = Lock(name, handoff_ns=self.costs.mutex_handoff_ns)
+        return lock
+
+    def gsi(self, n: int) -> IRQLine:
+        """The interrupt line for GSI ``n``."""
+        if not 0 <= n < len(self._gsi):
+            raise ConfigError(f"GSI {n} does not exist (0..{len(self._gsi) - 1})")
+        line = self._gsi[n]
+        if line is None:
+            raise ConfigError(f"GSI {n} is not connected to an interrupt controller")
+        return line
+
+    def connect_gsi(self, n: int, line: IRQLine) -> None:
+        """Wire GSI ``n`` (the irqchip does this)."""
+        if not 0 <= n < len(self._gsi):
+            self._gsi.extend([None] * (n + 1 - len(self._gsi)))
+        self._gsi[n] = line
+
+
+class Device:
+    """Base of aemu's device models: a name, a host, and the regions the device owns."""
+
+    #: QEMU's type name, e.g. "hpet", "isa-serial".
+    type_name = "device"
+
+    def __init__(self, host: DeviceHost, name: str | None = None) -> None:
+        self.host = host
+        self.name = name or self.type_name
+        self.regions: list[MemoryRegion] = []
+        #: Where the machine maps this device's regions: (space "io" or "memory", address, region).
+        self.mappings: list[tuple[str, int, MemoryRegion]] = []
+
+    def map_io(self, port: int, mr: MemoryRegion) -> MemoryRegion:
+        """Ask the machine to map ``mr`` at I/O port ``port`` (``isa_register_ioport``)."""
+        self.mappings.append(("io", port, mr))
+        return mr
+
+    def map_mmio(self, addr: int, mr: MemoryRegion) -> MemoryRegion:
+        """Ask the machine to map ``mr`` at guest-physical ``addr`` (``sysbus_mmio_map``)."""
+        self.mappings.append(("memory", addr, mr))
+        return mr
+
+    def region_io(self, name: str, size: int, read: Callable[..., Any] | None,
+                  write: Callable[..., Any] | None, **ops: Any) -> MemoryRegion:
+        """``memory_region_init_io`` owned by this device (recorded in ``self.regions``)."""
+        from ..memory import MemoryRegionOps
+
+        mr = MemoryRegion.io(name, size, MemoryRegionOps(read=read, write=write, **ops), owner=self)
+        self.regions.append(mr)
+        return mr
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
