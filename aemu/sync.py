@@ -554,12 +554,6 @@ class Lock:
         synchronisation point).
         """
         if not self.try_acquire(site):
-            if _keepers:
-                k = _keepers.get(_task_of(self._loop))
-                if k is not None and k.offset_ns:
-                    await k.sync()
-                    if self.try_acquire(site):
-                        return
             await self._acquire_contended(site)
 
     def release(self) -> None:
@@ -678,6 +672,12 @@ class Lock:
         loop = self._loop
         task = _task_of(loop)
         assert loop is not None and task is not None  # try_acquire bound them
+        if _keepers:  # running ahead of global time: sync first (a lock is a sync point)
+            k = _keepers.get(task)
+            if k is not None and k.offset_ns:
+                await k.sync()
+                if self.try_acquire(site):
+                    return
         w = _Waiter(task, site, self._clock(), self._owner_site or "unknown")
         self._count_contention(w)
         self._pending[task] = w

@@ -1,0 +1,260 @@
+"""The machine: q35/pc assembly, the patch switches, the main loop, and a run to completion.
+
+:class:`Machine` builds what ``-M q35|pc`` builds in QEMU as far as aemu models it -- the
+``memory`` and ``I/O`` address spaces, the ACPI PM block, the HPET, the split (or in-kernel, or
+userspace) irqchip, the BQL-bound legacy devices -- wires GSIs, applies the switches of the
+BQL-free series, and starts one :class:`~aemu.cpu.VCPU` task per ``-smp`` CPU plus the main loop.
+:func:`simulate` runs a :class:`~aemu.config.MachineConfig` to completion on its own
+virtual-time loop and returns a :class:`~aemu.result.Result`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+from . import clock
+from .config import MachineConfig
+from .cpu import VCPU
+from .devices.acpi_pm import ACPIPMTimer
+from .devices.base import Device, DeviceHost
+from .devices.generic import GenericRegion
+from .devices.hpet import HPETState
+from .devices.i8042 import I8042
+from .devices.lapic import IRQChip
+from .devices.misc import IOPort80, PCSpkState, Port92
+from .devices.pci import PCIHost
+from .devices.pit import PITState
+from .devices.rtc import RTCState
+from .devices.serial import SerialState
+from .errors import ConfigError
+from .memory import AddressSpace, MemoryRegion, MemoryRegionOps
+from .result import RegionLatency, Result, region_latency
+from .sync import Lock
+from .workloads.base import Workload, get_workload
+
+__all__ = ["Machine", "simulate", "simulate_machine"]
+
+_ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+
+
+def _unassigned_io_read(offset: int, size: int) -> int:
+    return _ALL_ONES[size]
+
+
+def _unassigned_io_write(offset: int, value: int, size: int) -> None:
+    return None
+
+
+class Machine:
+    """One emulated machine (see module docstring)."""
+
+    def __init__(self, config: MachineConfig, workload: Workload | None = None) -> None:
+        self.config = config
+        self.costs = config.costs
+        self.kernel_irqchip = config.kernel_irqchip
+        self.workload = workload or get_workload(config.workload, **dict(config.workload_params))
+        bql = Lock("BQL", handoff_ns=self.costs.bql_handoff_ns, policy=config.lock_policy, bql=True)
+        self.bql = bql
+        self.host = DeviceHost(bql=bql, costs=self.costs, patches=())
+        self.host.patches = set(config.patches)  # validated by MachineConfig
+        self.finish_ns = 0
+        self.finished = False
+        self.wall_s = 0.0
+
+        # address spaces: QEMU's "memory" (system) and "I/O" (io)
+        self.system = MemoryRegion.container("system", 1 << 64)
+        self.io_root = MemoryRegion.io("io", 0x10000, MemoryRegionOps(
+            read=_unassigned_io_read, write=_unassigned_io_write, valid_max=4))
+        self.memory = AddressSpace("memory", self.system, bql=bql, width_bits=64)
+        self.io = AddressSpace("I/O", self.io_root, bql=bql, width_bits=16)
+        ram = MemoryRegion.ram("pc.ram", 128 << 20)
+        self.system.add_subregion(0, MemoryRegion.alias("ram-below-4g", ram, 0, 128 << 20))
+
+        # vCPUs first (the irqchip needs them), programs later
+        n = config.smp.cpus
+        self.vcpus: list[VCPU] = [VCPU(self, i, iter(()), quantum_ns=config.quantum_ns) for i in range(n)]
+
+        # devices
+        self.devices: list[Device] = []
+        self.irqchip = IRQChip(self.host, self.vcpus, mode=config.kernel_irqchip)
+        for dev in self.irqchip.devices:
+            self._add(dev)
+        if config.machine == "q35":
+            self.pm = ACPIPMTimer(self.host, pm_base=0x600, container_name="ich9-pm", size=0x80)
+        else:
+            self.pm = ACPIPMTimer(self.host, pm_base=0xB000, container_name="piix4-pm", size=0x40)
+        self.pm_timer_port = self.pm.pm_base + 8
+        self._add(self.pm)
+        self.hpet: HPETState | None = None
+        if config.hpet:
+            self.hpet = HPETState(self.host)
+            self._add(self.hpet)
+        for dev in (SerialState(self.host), RTCState(self.host), PITState(self.host), PCSpkState(self.host),
+                    Port92(self.host), IOPort80(self.host), PCIHost(self.host), I8042(self.host)):
+            self._add(dev)
+        self.apply_patches()
+        for name in config.lockless:
+            self.make_lockless(name)
+
+        # programs
+        self.workload.setup(self)
+        for cpu in self.vcpus:
+            rng = random.Random(config.seed * 1_000_003 + cpu.index)
+            cpu.program = self.workload.program(self, cpu.index, rng)
+        clock.register_wait_source(self)
+
+    # -- assembly ------------------------------------------------------------------------------
+    def _add(self, dev: Device) -> None:
+        self.devices.append(dev)
+        for space, addr, mr in dev.mappings:
+            root = self.io_root if space == "io" else self.system
+            root.add_subregion(addr, mr)
+
+    def add_device(self, dev: Device) -> Device:
+        """Add a user-written device (its ``mappings`` are mapped now)."""
+        self._add(dev)
+        return dev
+
+    def add_generic(self, name: str, addr: int, size: int, *, space: str = "io",
+                    read_value: int = 0xFFFFFFFF) -> GenericRegion:
+        """A named region with a fixed read value, for names aemu has no model of."""
+        dev = GenericRegion(self.host, name, size, read_value=read_value, space=space, addr=addr)
+        self._add(dev)
+        return dev
+
+    def regions(self) -> Iterator[MemoryRegion]:
+        """Every region mapped in either address space (depth first)."""
+        stack = [self.system, self.io_root]
+        while stack:
+            mr = stack.pop()
+            yield mr
+            stack.extend(reversed(mr.subregions))
+
+    def find_region(self, name: str) -> MemoryRegion:
+        """The region called ``name`` (ConfigError naming the known ones otherwise)."""
+        for mr in self.regions():
+            if mr.name == name and mr.kind == "io":
+                return mr
+        names = sorted({mr.name for mr in self.regions() if mr.kind == "io"})
+        raise ConfigError(f"--lockless: no I/O region named {name!r}; known: {', '.join(names)}")
+
+    def make_lockless(self, name: str) -> MemoryRegion:
+        """The what-if switch: mark region ``name`` lockless (``memory_region_enable_lockless_io``)."""
+        mr = self.find_region(name)
+        mr.enable_lockless_io()
+        return mr
+
+    # -- patches ---------------------------------------------------------------------------------
+    def patch(self, name: str) -> bool:
+        """Whether a switch of the series is on."""
+        return name in self.host.patches
+
+    def set_patch(self, name: str, on: bool) -> None:
+        """Flip a switch at run time (prerequisites checked) and re-apply it to the devices."""
+        self.host.set_patch(name, on)
+        self.apply_patches()
+
+    def apply_patches(self) -> None:
+        """Let each device read the switches that concern it."""
+        for dev in self.devices:
+            apply = getattr(dev, "apply_patches", None)
+            if apply is not None:
+                apply()
+        for name in self.config.lockless:
+            self.make_lockless(name)
+
+    # -- what the vCPUs call --------------------------------------------------------------------
+    def pic_interrupt(self, cpu: VCPU) -> int:
+        """``cpu_get_pic_interrupt``: the vector for CPU_INTERRUPT_HARD (under the BQL)."""
+        return self.irqchip.get_interrupt(cpu.index)
+
+    async def eoi(self, cpu: VCPU, vector: int) -> None:
+        """The guest's EOI to its LAPIC (level-triggered IOAPIC vectors go on to the IOAPIC)."""
+        await self.irqchip.eoi(cpu.index, vector)
+
+    def send_ipi(self, src: VCPU, dest: int, vector: int) -> None:
+        """An IPI through the in-kernel LAPIC."""
+        if 0 <= dest < len(self.vcpus):
+            self.irqchip.send_ipi(src.index, dest, vector)
+
+    def arm_lapic_timer(self, cpu: VCPU, delay_ns: int, vector: int) -> None:
+        """The LAPIC timer: in the kernel (split/on: no BQL) or in QEMU (off: main loop, BQL)."""
+        when = clock.local_now_ns() + delay_ns
+        if self.kernel_irqchip == "off":
+            t = self.host.timer_new_ns(f"apic-timer{cpu.index}", lambda: cpu.queue_hard_vector(vector))
+            t.mod_ns(when)
+        else:
+            clock.call_at_ns(when, cpu.kvm_inject, vector)
+
+    def all_locks(self) -> list[Lock]:
+        """The BQL and every device mutex."""
+        return [self.bql, *self.host.locks.values()]
+
+    def region_latency(self, name: str) -> RegionLatency:
+        """Latency percentiles of accesses to region ``name`` over all vCPUs."""
+        parts = [c.latency[name] for c in self.vcpus if name in c.latency]
+        merged = array("q")
+        for p in parts:
+            merged.extend(p)
+        return region_latency(name, merged)
+
+    def describe_waiters(self) -> dict[asyncio.Task[Any], str]:
+        """For deadlock reports: halted vCPUs wait for an interrupt."""
+        return {c.task: f"an interrupt (vCPU {c.index} halted in HLT)" for c in self.vcpus
+                if c.task is not None and c.halted}
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self, cap_ns: int | None = None) -> None:
+        """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        main = self.host.main_loop.start()
+        tasks = []
+        for cpu in self.vcpus:
+            cpu.task = loop.create_task(cpu.run(), name=cpu.name)
+            tasks.append(cpu.task)
+        start = clock.now_ns()
+        try:
+            timeout = None if cap_ns is None else cap_ns / 1e9
+            done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            self.finished = not pending
+            self.finish_ns = (max(c.finish_ns for c in self.vcpus) - start) if self.finished else clock.now_ns() - start
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.host.main_loop.stop()
+            del main
+            self.wall_s = time.perf_counter() - t0
+
+
+async def simulate_machine(config: MachineConfig, workload: Workload | None = None) -> Machine:
+    """Build and run a machine on the running (virtual-time) loop; returns it for inspection."""
+    machine = Machine(config, workload)
+    cap = config.duration_ns
+    if cap is None and machine.workload.open_ended:
+        raise ConfigError(f"workload {machine.workload.name!r} runs until stopped: give --duration")
+    if cap is None:
+        cap = DEFAULT_CAP_NS
+    await machine.run(cap)
+    return machine
+
+
+#: Virtual-time cap of a run when --duration is not given (a boot that stalls ends here).
+DEFAULT_CAP_NS = 2_000_000_000
+
+
+def simulate(config: MachineConfig | str, workload: Workload | None = None) -> Result:
+    """Run ``config`` to completion on a fresh virtual-time loop and return its result."""
+    if isinstance(config, str):
+        config = MachineConfig.parse(config)
+    machine = clock.run(simulate_machine(config, workload))
+    return Result.from_machine(machine)

@@ -1,0 +1,161 @@
+"""The result of a run: a frozen snapshot and its versioned JSON document (``aemu.result/1``)."""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hdrh.histogram import HdrHistogram
+
+from .sync import HDR_HIGHEST_NS, HDR_LOWEST_NS, HDR_SIGNIFICANT_DIGITS, LockStatistics
+from .workloads.base import Metric
+
+if TYPE_CHECKING:
+    from .config import MachineConfig
+    from .machine import Machine
+
+__all__ = ["RegionLatency", "Result", "SCHEMA", "VCPUResult", "region_latency"]
+
+SCHEMA = "aemu.result/1"
+
+
+@dataclass(frozen=True, slots=True)
+class RegionLatency:
+    """Accesses to one region: count and latency percentiles (ns, exit to return into the guest)."""
+
+    name: str
+    count: int
+    p50: int
+    p90: int
+    p99: int
+    max: int
+    mean: float
+
+
+def region_latency(name: str, samples: array[int]) -> RegionLatency:
+    """Fold raw latency samples into percentiles (HdrHistogram, 3 significant digits)."""
+    if not samples:
+        return RegionLatency(name, 0, 0, 0, 0, 0, 0.0)
+    h = HdrHistogram(HDR_LOWEST_NS, HDR_HIGHEST_NS, HDR_SIGNIFICANT_DIGITS)
+    counts: dict[int, int] = {}
+    for v in samples:
+        counts[v] = counts.get(v, 0) + 1
+    for v, c in counts.items():
+        h.record_value(min(max(v, HDR_LOWEST_NS), HDR_HIGHEST_NS), c)
+    mx = max(samples)
+    return RegionLatency(name, len(samples), min(h.get_value_at_percentile(50), mx),
+                         min(h.get_value_at_percentile(90), mx), min(h.get_value_at_percentile(99), mx),
+                         mx, sum(samples) / len(samples))
+
+
+@dataclass(frozen=True, slots=True)
+class VCPUResult:
+    """One vCPU's accounting; ``guest + exit + lock_wait + halted == elapsed``."""
+
+    index: int
+    exits: int
+    exits_by_kind: dict[str, int]
+    exits_by_region: dict[str, int]
+    interrupts: int
+    guest_ns: int
+    exit_ns: int
+    lock_wait_ns: int
+    lock_wait_by_lock: dict[str, int]
+    halted_ns: int
+    finished: bool
+
+    @property
+    def elapsed_ns(self) -> int:
+        return self.guest_ns + self.exit_ns + self.lock_wait_ns + self.halted_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a run produced (see :meth:`to_dict` for the document)."""
+
+    config: MachineConfig
+    virtual_ns: int
+    wall_s: float
+    workload: str
+    finished: bool
+    metric: Metric
+    locks: dict[str, LockStatistics]
+    vcpus: tuple[VCPUResult, ...]
+    regions: tuple[RegionLatency, ...]
+    region_counts: dict[str, tuple[int, int]]
+    serial_output: bytes
+
+    @classmethod
+    def from_machine(cls, m: Machine) -> Result:
+        """Snapshot a machine after its run."""
+        locks = {lock.name: lock.statistics() for lock in m.all_locks()}
+        waits: dict[str, dict[str, int]] = {}
+        for st in locks.values():
+            for t in st.tasks:
+                waits.setdefault(t.task, {})[st.name] = t.wait_total_ns
+        vcpus = []
+        for c in m.vcpus:
+            w = waits.get(c.name, {})
+            total_wait = sum(w.values())
+            vcpus.append(VCPUResult(
+                c.index, sum(c.exits.values()), dict(c.exits), dict(c.region_exits), c.interrupts,
+                c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished))
+        names = sorted({n for c in m.vcpus for n in c.latency})
+        regions = tuple(m.region_latency(n) for n in names)
+        counts = {}
+        for mr in m.regions():
+            if mr.kind == "io" and (mr.reads or mr.writes):
+                counts[mr.name] = (counts.get(mr.name, (0, 0))[0] + mr.reads, counts.get(mr.name, (0, 0))[1] + mr.writes)
+        serial = next((bytes(d.output) for d in m.devices if type(d).__name__ == "SerialState"), b"")
+        return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
+                   locks, tuple(vcpus), regions, counts, serial)
+
+    @property
+    def bql(self) -> LockStatistics:
+        """The BQL's statistics."""
+        return self.locks["BQL"]
+
+    def lock_wait_share(self) -> float:
+        """Share of all vCPU time spent waiting for the BQL."""
+        total = sum(v.elapsed_ns for v in self.vcpus)
+        wait = sum(v.lock_wait_by_lock.get("BQL", 0) for v in self.vcpus)
+        return wait / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned result document (schema ``aemu.result/1``, see README)."""
+        return {
+            "schema": SCHEMA,
+            "config": self.config.to_dict(),
+            "virtual_ns": self.virtual_ns,
+            "wall_s": round(self.wall_s, 3),
+            "workload": {"name": self.workload, "finished": self.finished,
+                         "metric": {"name": self.metric.name, "value": self.metric.value, "unit": self.metric.unit}},
+            "locks": {("bql" if name == "BQL" else name): lock_dict(st) for name, st in self.locks.items()},
+            "vcpus": [{"index": v.index, "exits": v.exits, "exits_by_kind": v.exits_by_kind,
+                       "interrupts": v.interrupts, "finished": v.finished,
+                       "time_ns": {"guest": v.guest_ns, "exit": v.exit_ns, "lock_wait": v.lock_wait_ns,
+                                   "halted": v.halted_ns},
+                       "lock_wait_ns": v.lock_wait_by_lock} for v in self.vcpus],
+            "regions": [{"name": r.name, "reads": self.region_counts.get(r.name, (0, 0))[0],
+                         "writes": self.region_counts.get(r.name, (0, 0))[1], "accesses": r.count,
+                         "latency_ns": {"p50": r.p50, "p90": r.p90, "p99": r.p99, "max": r.max,
+                                        "mean": round(r.mean, 1)}} for r in self.regions],
+        }
+
+
+def _time_dict(ts: Any) -> dict[str, Any]:
+    return {"min": ts.min, "max": ts.max, "total": ts.total, "mean": round(ts.mean, 1),
+            "p50": ts.p50, "p90": ts.p90, "p99": ts.p99, "p999": ts.p999}
+
+
+def lock_dict(st: LockStatistics) -> dict[str, Any]:
+    """A lock's statistics as the result document's ``locks`` entry."""
+    return {
+        "acquisitions": st.acquisitions, "contentions": st.contentions,
+        "wait_ns": _time_dict(st.wait_ns), "hold_ns": _time_dict(st.hold_ns),
+        "sites": [{"site": s.site, "acquisitions": s.acquisitions, "contentions": s.contentions,
+                   "wait_ns_total": s.wait_total_ns, "wait_ns_mean": round(s.wait_mean_ns, 1),
+                   "wait_ns_max": s.wait_max_ns, "hold_ns_total": s.hold_total_ns} for s in st.sites],
+        "holder_sites": [{"site": p.site, "count": p.count} for p in st.holder_sites],
+    }

@@ -1,0 +1,99 @@
+"""``boot``: a documented synthetic model of a Windows-like SMP boot.
+
+Not a trace: a small program per vCPU that exercises the paths the seed's boot stalls on.
+
+* **BSP (vCPU 0)**: a PCI config scan of bus 0 (``pci-conf-idx`` write + ``pci-conf-data``
+  read per slot), an RTC read (index/data for seconds, minutes, hours), a banner on the serial
+  port, then the startup IPIs that wake the APs (INIT-SIPI through the in-kernel LAPIC).
+* **APs** start halted and wait for their startup IPI.
+* **Every vCPU** then runs ``phases`` timer-polling phases, as Windows' stall and calibration
+  loops do without invariant TSC or ``hv-time``: a *stall* loop (``stall_reads`` timer reads,
+  ``stall_compute_ns`` apart) and a *work* stretch (``work_reads`` reads, ``work_compute_ns``
+  apart: about 20,000 reads per second per vCPU, in the 2k-50k range CALIBRATION.md cites).
+  The timer is the ACPI PM timer with ``hpet=off`` and the HPET main counter with ``hpet=on``.
+  Between phases each vCPU idles: it arms its LAPIC timer for ``idle_ns`` and halts until the
+  timer interrupt; the BSP prints a progress line on the serial port.
+* The boot is done when every vCPU has finished its phases. The metric is the virtual time that
+  took; a cap (``--duration``, default 2 s of virtual time) ends a boot that stalls, and the
+  result then says ``finished: false``.
+
+The loops are counted (a fixed number of reads), not timed: a slower timer read makes the boot
+slower, as it does for a guest whose stall loops spin on the timer.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from ..cpu import Compute, GuestProgram, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI
+from .base import Metric, Workload, register
+from .micro import HPET_CFG, HPET_COUNTER
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+
+SERIAL_THR = 0x3F8
+STARTUP_VECTOR = 0x30
+
+
+@register
+class Boot(Workload):
+    """A Windows-like SMP boot (see module docstring)."""
+
+    name = "boot"
+    summary = "synthetic Windows-like SMP boot polling its timer; metric: time to finish"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "phases": 3,
+            "stall_reads": 50,
+            "stall_compute_ns": 1_000,
+            "work_reads": 60,
+            "work_compute_ns": 50_000,
+            "idle_ns": 200_000,
+            "pci_slots": 32,
+        }
+
+    def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
+        p = self.params
+        if machine.config.hpet:
+            read: Any = MMIORead(HPET_COUNTER, 8)
+        else:
+            read = PIORead(machine.pm_timer_port, 4)
+        if index == 0:
+            if machine.config.hpet:
+                yield MMIOWrite(HPET_CFG, 1, 8)
+            for slot in range(p["pci_slots"]):
+                yield PIOWrite(0xCF8, 0x8000_0000 | slot << 11, 4)
+                yield PIORead(0xCFC, 4)
+            for reg in (0x00, 0x02, 0x04):
+                yield PIOWrite(0x70, reg, 1)
+                yield PIORead(0x71, 1)
+            yield from _serial(b"aemu boot: starting APs\r\n")
+            for ap in range(1, len(machine.vcpus)):
+                yield SendIPI(ap, STARTUP_VECTOR)
+        else:
+            yield Halt()  # wait for the startup IPI
+        stall = Compute(p["stall_compute_ns"])
+        work = Compute(p["work_compute_ns"])
+        for phase in range(p["phases"]):
+            for _ in range(p["stall_reads"]):
+                yield read
+                yield stall
+            for _ in range(p["work_reads"]):
+                yield work
+                yield read
+            if index == 0:
+                yield from _serial(b"phase %d done\r\n" % phase)
+            yield LAPICTimer(p["idle_ns"])
+            yield Halt()
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("boot time", machine.finish_ns / 1e6, "ms")
+
+
+def _serial(text: bytes) -> GuestProgram:
+    for byte in text:
+        yield PIOWrite(SERIAL_THR, byte, 1)
