@@ -11,8 +11,12 @@ Not a trace: a small program per vCPU that exercises the paths the seed's boot s
   ``stall_compute_ns`` apart) and a *work* stretch (``work_reads`` reads, ``work_compute_ns``
   apart: about 20,000 reads per second per vCPU, in the 2k-50k range CALIBRATION.md cites).
   The timer is the ACPI PM timer with ``hpet=off`` and the HPET main counter with ``hpet=on``.
-  Between phases each vCPU idles: it arms its LAPIC timer for ``idle_ns`` and halts until the
-  timer interrupt; the BSP prints a progress line on the serial port.
+  After each phase the vCPUs meet at a rendezvous, as Windows' processor start-up and IPI
+  generic calls make every processor wait for the others: a vCPU that arrives early spins in a
+  stall loop (a timer read every ``stall_compute_ns``) until all have arrived -- so stragglers
+  are slowed further by the spinners. Then each vCPU idles: it arms its LAPIC timer for
+  ``idle_ns`` and halts until the timer interrupt; the BSP prints a progress line on the serial
+  port.
 * The boot is done when every vCPU has finished its phases. The metric is the virtual time that
   took; a cap (``--duration``, default 2 s of virtual time) ends a boot that stalls, and the
   result then says ``finished: false``.
@@ -56,8 +60,13 @@ class Boot(Workload):
             "pci_slots": 32,
         }
 
+    def setup(self, machine: Machine) -> None:
+        self.arrived: list[int] = [0] * int(self.params["phases"])
+        self.cpus = len(machine.vcpus)
+
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
         p = self.params
+        arrived = self.arrived
         if machine.config.hpet:
             read: Any = MMIORead(HPET_COUNTER, 8)
         else:
@@ -85,6 +94,10 @@ class Boot(Workload):
             for _ in range(p["work_reads"]):
                 yield work
                 yield read
+            arrived[phase] += 1  # the rendezvous lives in guest RAM: no exit to check it
+            while arrived[phase] < self.cpus:
+                yield read
+                yield stall
             if index == 0:
                 yield from _serial(b"phase %d done\r\n" % phase)
             yield LAPICTimer(p["idle_ns"])
