@@ -216,8 +216,8 @@ class VCPU:
                     send = None
                     if ex.__class__ is not compute_types:
                         break
-                    self.guest_ns += ex.ns  # type: ignore[union-attr]
-                    if k.advance(ex.ns):  # type: ignore[union-attr]
+                    self.guest_ns += ex.ns
+                    if k.advance(ex.ns):
                         await k.sync()
                 if ex is None:
                     break

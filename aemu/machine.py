@@ -19,7 +19,7 @@ from typing import Any
 
 from . import clock
 from .config import MachineConfig
-from .cpu import VCPU
+from .cpu import VCPU, GuestProgram
 from .devices.acpi_pm import ACPIPMTimer
 from .devices.base import Device, DeviceHost
 from .devices.generic import GenericRegion
@@ -50,6 +50,11 @@ def _unassigned_io_write(offset: int, value: int, size: int) -> None:
     return None
 
 
+def _no_program() -> GuestProgram:
+    return
+    yield  # a generator that ends at once (replaced by the workload's program)
+
+
 class Machine:
     """One emulated machine (see module docstring)."""
 
@@ -77,13 +82,14 @@ class Machine:
 
         # vCPUs first (the irqchip needs them), programs later
         n = config.smp.cpus
-        self.vcpus: list[VCPU] = [VCPU(self, i, iter(()), quantum_ns=config.quantum_ns) for i in range(n)]
+        self.vcpus: list[VCPU] = [VCPU(self, i, _no_program(), quantum_ns=config.quantum_ns) for i in range(n)]
 
         # devices
         self.devices: list[Device] = []
         self.irqchip = IRQChip(self.host, self.vcpus, mode=config.kernel_irqchip)
-        for dev in self.irqchip.devices:
-            self._add(dev)
+        self.irqchip.map_into(self.system, self.io_root)
+        self.devices.extend(self.irqchip.devices)
+        self.irqchip.program_like_linux()  # the guest OS programs PIC/IOAPIC early in its boot
         if config.machine == "q35":
             self.pm = ACPIPMTimer(self.host, pm_base=0x600, container_name="ich9-pm", size=0x80)
         else:
@@ -94,7 +100,11 @@ class Machine:
         if config.hpet:
             self.hpet = HPETState(self.host)
             self._add(self.hpet)
-        for dev in (SerialState(self.host), RTCState(self.host), PITState(self.host), PCSpkState(self.host),
+        self.pit = PITState(self.host)
+        if self.hpet is not None:
+            self.hpet.pit_irq_control = self.pit.irq_control
+        self.serial = SerialState(self.host)
+        for dev in (self.serial, RTCState(self.host), self.pit, PCSpkState(self.host, self.pit),
                     Port92(self.host), IOPort80(self.host), PCIHost(self.host), I8042(self.host)):
             self._add(dev)
         self.apply_patches()

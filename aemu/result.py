@@ -103,11 +103,11 @@ class Result:
                 c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished))
         names = sorted({n for c in m.vcpus for n in c.latency})
         regions = tuple(m.region_latency(n) for n in names)
-        counts = {}
+        counts: dict[str, tuple[int, int]] = {}
         for mr in m.regions():
             if mr.kind == "io" and (mr.reads or mr.writes):
                 counts[mr.name] = (counts.get(mr.name, (0, 0))[0] + mr.reads, counts.get(mr.name, (0, 0))[1] + mr.writes)
-        serial = next((bytes(d.output) for d in m.devices if type(d).__name__ == "SerialState"), b"")
+        serial = bytes(m.serial.output)
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
                    locks, tuple(vcpus), regions, counts, serial)
 

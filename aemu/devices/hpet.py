@@ -1,0 +1,649 @@
+"""The HPET (``hpet``): QEMU's hw/timer/hpet.c as it is after the BQL-free PIO/MMIO series.
+
+One MMIO region ``hpet`` of 0x400 bytes at 0xfed00000 (4- or 8-byte accesses, little-endian), a
+64-bit main counter ticking every 10 ns of virtual time, and 3..32 comparators ("timers"), each
+a QEMU timer on the virtual clock run by the main loop under the BQL. Registers:
+
+======  =====================================================================================
+0x000   capabilities/ID: 0x8086a001 (rev 1, 64-bit counter, legacy-route capable, vendor
+        0x8086) | (timers - 1) << 8; high dword = tick period in fs (10,000,000)
+0x010   CONFIG: bit 0 ENABLE (counter runs, interrupts on), bit 1 LEGACY (replacement route)
+0x020   ISR: level-triggered interrupt status, write 1 to clear
+0x0f0   main counter (writes take effect while the counter is halted)
+0x100   timer N at 0x100 + 0x20 * N: config (+0x0; route capability in its high dword),
+        comparator (+0x8), FSB route (+0x10)
+======  =====================================================================================
+
+Locking, decided per access from the host's switches (see :mod:`aemu.devices.base`):
+
+* neither ``hpet-lock`` nor ``hpet-counter-lockless`` (QEMU before the series): the region is an
+  ordinary one, dispatch takes the BQL (``prepare_mmio_access``) and the handlers run under it.
+* ``hpet-lock`` (patch 3/6): the region is lockless (``memory_region_enable_lockless_io``) and
+  ``hpet_ram_read``/``hpet_ram_write`` take the device mutex (``QEMU_LOCK_GUARD(&s->lock)``).
+  IRQ updates take the BQL around the ``qemu_irq`` call (the Sept-2025 follow-up
+  ``BQL_LOCK_GUARD()`` in ``update_irq`` and the legacy-mode switch): mutex first, then BQL.
+* ``hpet-counter-lockless`` (patches 4-5/6): a main-counter read (0x0f0/0x0f4) takes no lock. It
+  runs one read section of the ``state_version`` sequence lock; only CONFIG writes, under the
+  mutex, bump the version around the enable/disable transition. Other registers keep the mutex.
+
+Timer callbacks (``hpet_timer``) run in the main loop with the BQL held and, as in QEMU, do not
+take the device mutex.
+
+Interrupt route ``n`` drives ``host.gsi(n)`` (QEMU wires the HPET's ``irqs[n]`` to ``gsi[n]``). The
+legacy replacement route is ISA IRQ 0 for timer 0 and IRQ 8 for timer 1; the irqchip's
+``gsi_handler`` delivers IRQ 0 to IOAPIC pin 2 (the IRQ0 -> GSI 2 override). Entering legacy mode
+also turns the PIT's channel-0 interrupt off (QEMU's ``pit_enabled`` output -> ``pit_irq_control``).
+
+Where aemu differs from QEMU, on purpose:
+
+* A periodic timer whose comparator equals the counter when its callback runs counts as reached.
+  aemu's timers run exactly on time; QEMU's strict ``hpet_time_after`` relies on the callback
+  running a little late and would otherwise re-arm the same tick 1 us later (a double interrupt).
+* Timer registers of timers >= ``num_timers`` read 0 and ignore writes (QEMU checks ``>``).
+* FSB (MSI) deliveries call :attr:`HPETState.fsb_write` (``address_space_stl_le`` in QEMU) and the
+  ``pit_enabled`` output calls :attr:`HPETState.pit_irq_control`, if the machine set them. The RTC
+  is not routed through the HPET (QEMU's ``hpet_handle_legacy_irq``): leaving legacy mode does not
+  restore IRQ 8 to the RTC's level.
+* A counter reader that finds a write in progress (possible only if the writer waits inside its
+  write section: its handler cost, or the BQL for an IRQ update) syncs its local time and waits
+  for the write to end instead of spinning; each read section it began during the write counts
+  as a retry (one, or two if the write was still open after the sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..irq import IRQLine
+from ..sync import SeqLock, bql_locked
+from ..timer import QEMUTimer
+from .base import Device, DeviceHost
+
+__all__ = [
+    "HPET_BASE",
+    "HPET_CLK_PERIOD_NS",
+    "HPET_LEN",
+    "HPETState",
+    "HPETStatistics",
+    "HPETTimer",
+]
+
+#: Guest-physical base and length of the register block (include/hw/timer/hpet.h).
+HPET_BASE = 0xFED00000
+HPET_LEN = 0x400
+#: Counter period: 10 ns per tick (HPET_CLK_PERIOD); the capability register gives it in fs.
+HPET_CLK_PERIOD_NS = 10
+_FS_PER_NS = 1_000_000
+HPET_MIN_TIMERS = 3
+HPET_MAX_TIMERS = 32
+#: q35's timer route capability: IOAPIC pins 16..23, 8 and 2 (pc_basic_device_init's hpet_irqs).
+HPET_INTCAP_Q35 = 0x00FF0104
+
+# global registers
+HPET_ID = 0x000
+HPET_CFG = 0x010
+HPET_STATUS = 0x020
+HPET_COUNTER = 0x0F0
+HPET_CFG_ENABLE = 0x001
+HPET_CFG_LEGACY = 0x002
+HPET_CFG_WRITE_MASK = 0x3
+HPET_ID_NUM_TIM_SHIFT = 8
+# timer registers (offset within a timer's 0x20 bytes)
+HPET_TN_CFG = 0x000
+HPET_TN_CMP = 0x008
+HPET_TN_ROUTE = 0x010
+HPET_TN_TYPE_LEVEL = 0x002
+HPET_TN_ENABLE = 0x004
+HPET_TN_PERIODIC = 0x008
+HPET_TN_PERIODIC_CAP = 0x010
+HPET_TN_SIZE_CAP = 0x020
+HPET_TN_SETVAL = 0x040
+HPET_TN_32BIT = 0x100
+HPET_TN_INT_ROUTE_MASK = 0x3E00
+HPET_TN_INT_ROUTE_SHIFT = 9
+HPET_TN_FSB_ENABLE = 0x4000
+HPET_TN_FSB_CAP = 0x8000
+HPET_TN_CFG_WRITE_MASK = 0x7F4E
+HPET_TN_INT_ROUTE_CAP_SHIFT = 32
+_RTC_ISA_IRQ = 8
+
+_U32 = 0xFFFFFFFF
+_U64 = (1 << 64) - 1
+_S64_MIN = 1 << 63
+#: hpet_arm's floor between two expiries of a periodic timer (1 us, against timer storms).
+_MIN_PERIOD_NS = 1000
+
+# IRQ operations queued by update_irq and delivered under the BQL: (op, a, b)
+_LOWER, _RAISE, _PULSE, _FSB, _PIT = range(5)
+_IrqOp = tuple[int, int, int]
+
+
+def _deposit64(old: int, shift: int, length: int, value: int) -> int:
+    """QEMU's ``deposit64``: replace ``length`` bits of ``old`` at ``shift`` by ``value``."""
+    mask = ((1 << length) - 1) << shift
+    return (old & ~mask & _U64) | ((value << shift) & mask)
+
+
+def _fixup_reg(new: int, old: int, mask: int) -> int:
+    """``hpet_fixup_reg``: only the bits in ``mask`` are writable."""
+    return (new & mask) | (old & ~mask & _U64)
+
+
+def _activating(old: int, new: int, mask: int) -> bool:
+    return not old & mask and bool(new & mask)
+
+
+def _deactivating(old: int, new: int, mask: int) -> bool:
+    return bool(old & mask) and not new & mask
+
+
+def _s64(x: int) -> int:
+    """A uint64 read as int64."""
+    return x - (1 << 64) if x & _S64_MIN else x
+
+
+@dataclass(frozen=True, slots=True)
+class HPETStatistics:
+    """A frozen snapshot of an HPET's counters."""
+
+    #: Register reads (handler calls; an 8-byte access is one), counter reads included.
+    reads: int
+    writes: int
+    #: Reads of the main counter (0x0f0 or 0x0f4), on whichever path.
+    counter_reads: int
+    #: Counter read sections that had to be retried (from the ``state_version`` SeqLock).
+    seqlock_retries: int
+    #: Completed ``state_version`` write sections (CONFIG writes under hpet-counter-lockless).
+    seqlock_writes: int
+    #: Timer callbacks run by the main loop (``hpet_timer``).
+    timer_fires: int
+    #: Interrupts delivered on a line (a level raise or an edge pulse).
+    irq_raises: int
+    #: FSB (MSI) messages sent.
+    fsb_writes: int
+    #: Raises dropped because the routed GSI is not connected (QEMU: a NULL ``qemu_irq``).
+    dropped_irqs: int
+
+
+class HPETTimer:
+    """One comparator (QEMU's ``HPETTimer``): its registers, hidden state and QEMU timer."""
+
+    __slots__ = ("state", "tn", "config", "cmp", "fsb", "cmp64", "period", "wrap_flag", "last",
+                 "qemu_timer", "fires")
+
+    def __init__(self, state: HPETState, tn: int) -> None:
+        self.state = state
+        self.tn = tn
+        #: Guest-visible registers: config (capabilities in the high dword), comparator, FSB route.
+        self.config = 0
+        self.cmp = 0
+        self.fsb = 0
+        #: The comparator extended to the counter's 64 bits (matters in 32-bit mode).
+        self.cmp64 = 0
+        #: Last value written to the comparator of a periodic timer.
+        self.period = 0
+        #: 32-bit one-shot: the next expiry is the counter's wrap, then the comparator.
+        self.wrap_flag = 0
+        #: Last expiry armed (ns), to keep periodic expiries at least 1 us apart.
+        self.last = 0
+        self.fires = 0
+        self.qemu_timer: QEMUTimer = state.host.timer_new_ns(f"{state.name}-timer{tn}", self._expired)
+
+    def _expired(self) -> None:
+        self.state._timer_expired(self)
+
+    @property
+    def enabled(self) -> bool:
+        """Tn_INT_ENB_CNF: the timer may interrupt."""
+        return bool(self.config & HPET_TN_ENABLE)
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self.config & HPET_TN_PERIODIC)
+
+    def __repr__(self) -> str:
+        mode = "periodic" if self.periodic else "one-shot"
+        width = "32-bit" if self.config & HPET_TN_32BIT else "64-bit"
+        state = "enabled" if self.enabled else "disabled"
+        return f"<HPETTimer {self.tn} {state} {mode} {width} cmp={self.cmp:#x} {self.qemu_timer!r}>"
+
+
+class HPETState(Device):
+    """QEMU's ``hpet`` device (see the module docstring for registers, locking and differences).
+
+    ``num_timers`` is QEMU's ``timers`` property (3..32); ``intcap`` the route capability each
+    timer advertises (q35's default: GSIs 2, 8 and 16..23); ``msi`` QEMU's ``msi`` property (FSB
+    delivery capability). The region is ``self.iomem``, to be mapped at ``base``.
+    """
+
+    type_name = "hpet"
+
+    def __init__(self, host: DeviceHost, *, num_timers: int = HPET_MIN_TIMERS,
+                 intcap: int = HPET_INTCAP_Q35, msi: bool = False, base: int = HPET_BASE,
+                 name: str | None = None) -> None:
+        if isinstance(num_timers, bool) or not isinstance(num_timers, int) \
+                or not HPET_MIN_TIMERS <= num_timers <= HPET_MAX_TIMERS:
+            raise ConfigError(f"hpet: timers={num_timers!r}; use an integer from "
+                              f"{HPET_MIN_TIMERS} to {HPET_MAX_TIMERS}")
+        if isinstance(intcap, bool) or not isinstance(intcap, int) or not 0 <= intcap <= _U32:
+            raise ConfigError(f"hpet: intcap={intcap!r}; use a 32-bit mask of IOAPIC pins")
+        super().__init__(host, name)
+        self.num_timers = num_timers
+        self.intcap = intcap
+        self.msi = bool(msi)
+        self.base = base
+        #: Registers (QEMU's names).
+        self.capability = (0x8086A001 | (num_timers - 1) << HPET_ID_NUM_TIM_SHIFT
+                           | (HPET_CLK_PERIOD_NS * _FS_PER_NS) << 32)
+        self.config = 0
+        self.isr = 0
+        #: The main counter while halted; while running it is derived from ``hpet_offset``.
+        self.hpet_counter = 0
+        #: ns to add to virtual time to get the counter's time (uint64, as in QEMU).
+        self.hpet_offset = 0
+        #: The i8254's output is enabled unless the HPET is in legacy replacement mode.
+        self.pit_enabled = True
+        #: ``fsb_write(addr, value)``: how the machine delivers an FSB (MSI) message; None drops it.
+        self.fsb_write: Callable[[int, int], None] | None = None
+        #: ``pit_irq_control(enabled)``: the ``pit_enabled`` output (e.g. ``PITState.irq_control``).
+        self.pit_irq_control: Callable[[bool], None] | None = None
+        #: The device mutex of patch 3/6 and the counter's sequence lock of patch 5/6.
+        self.lock = host.new_lock(self.name)
+        self.state_version = SeqLock(f"{self.name}-state", writer_lock=self.lock)
+        self.reads = 0
+        self.writes = 0
+        self.counter_reads = 0
+        self.timer_fires = 0
+        self.irq_raises = 0
+        self.fsb_writes = 0
+        self.dropped_irqs = 0
+        self._cost = host.costs.handler("hpet")
+        self.timers = [HPETTimer(self, n) for n in range(num_timers)]
+        self.iomem = self.region_io("hpet", HPET_LEN, self._ram_read, self._ram_write,
+                                    valid_min=4, valid_max=8, impl_min=4, impl_max=8)
+        self.map_mmio(base, self.iomem)
+        self._reset_registers()
+        self.apply_patches()
+
+    def _reset_registers(self) -> None:
+        """``hpet_reset`` at machine creation: timers idle, counter 0, HPET disabled."""
+        for t in self.timers:
+            t.qemu_timer.delete()
+            t.cmp = _U64
+            t.config = HPET_TN_PERIODIC_CAP | HPET_TN_SIZE_CAP
+            if self.msi:
+                t.config |= HPET_TN_FSB_CAP
+            t.config |= self.intcap << HPET_TN_INT_ROUTE_CAP_SHIFT
+            t.period = 0
+            t.wrap_flag = 0
+        self.pit_enabled = True
+        self.hpet_counter = 0
+        self.hpet_offset = 0
+        self.config = 0
+
+    # -- switches --------------------------------------------------------------------------------
+    def apply_patches(self) -> None:
+        """Make the region lockless iff ``hpet-lock`` is on (call again after flipping it)."""
+        if self.host.patch("hpet-lock"):
+            self.iomem.enable_lockless_io()
+        else:
+            self.iomem.lockless_io = False
+            self.iomem.disable_reentrancy_guard = False
+
+    @property
+    def locking(self) -> str:
+        """Which locking the next access uses: "bql", "hpet-lock" or "hpet-counter-lockless"."""
+        host = self.host
+        if host.patch("hpet-counter-lockless"):
+            return "hpet-counter-lockless"
+        return "hpet-lock" if host.patch("hpet-lock") else "bql"
+
+    # -- the counter -----------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """ENABLE_CNF: the counter runs and timers may interrupt."""
+        return bool(self.config & HPET_CFG_ENABLE)
+
+    def _get_ticks(self) -> int:
+        """``hpet_get_ticks``: the running counter at the caller's virtual time."""
+        return ((self.host.now_ns() + self.hpet_offset) & _U64) // HPET_CLK_PERIOD_NS
+
+    def counter_value(self) -> int:
+        """The main counter as the calling task sees it now (no lock, no cost)."""
+        if self.config & HPET_CFG_ENABLE:
+            return self._get_ticks()
+        return self.hpet_counter
+
+    async def _counter_read_slow(self) -> int:
+        """A writer is inside its write section: sync local time, wait for the write to end.
+
+        Every read section that began during the write counts as a retry: one if the write
+        ended while the reader synced, two if the reader then had to wait for it.
+        """
+        k = self.host.keeper()
+        if k is not None and k.offset_ns:
+            await k.sync()
+        seq = self.state_version
+        if seq.sequence & 1:
+            return await seq.read_async(self.counter_value)
+        return seq.read(self.counter_value)
+
+    # -- MMIO handlers (hpet_ram_read / hpet_ram_write) --------------------------------------------
+    async def _ram_read(self, addr: int, size: int) -> int:
+        host = self.host
+        self.reads += 1
+        if addr & ~4 == HPET_COUNTER:
+            self.counter_reads += 1
+            if host.patch("hpet-counter-lockless"):
+                # Patch 5/6: no lock; one read section of state_version. Nothing here yields
+                # except host.delay (which runs ahead for a vCPU holding no lock).
+                await host.delay(self._cost)
+                seq = self.state_version
+                version = seq.read_begin()
+                tick = self.counter_value()
+                if seq.read_retry(version):
+                    tick = await self._counter_read_slow()
+                return tick >> ((addr & 4) * 8)
+        if host.patch("hpet-lock"):
+            lock = self.lock
+            await lock.acquire("hpet read")
+            try:
+                await host.delay(self._cost)
+                return self._read_reg(addr)
+            finally:
+                lock.release()
+        if bql_locked():  # the usual case: dispatch took the BQL
+            await host.delay(self._cost)
+            return self._read_reg(addr)
+        bql = host.bql  # region left lockless after hpet-lock was turned off: serialize anyway
+        await bql.acquire("hpet read")
+        try:
+            await host.delay(self._cost)
+            return self._read_reg(addr)
+        finally:
+            bql.release()
+
+    async def _ram_write(self, addr: int, value: int, size: int) -> None:
+        host = self.host
+        self.writes += 1
+        if host.patch("hpet-lock"):
+            lock = self.lock
+            await lock.acquire("hpet write")
+            try:
+                await self._write_locked(addr, value, size)
+            finally:
+                lock.release()
+        elif bql_locked():
+            await self._write_locked(addr, value, size)
+        else:
+            bql = host.bql
+            await bql.acquire("hpet write")
+            try:
+                await self._write_locked(addr, value, size)
+            finally:
+                bql.release()
+
+    async def _write_locked(self, addr: int, value: int, size: int) -> None:
+        """The write under the device mutex (or the BQL); CONFIG writes bump ``state_version``."""
+        host = self.host
+        ops: list[_IrqOp] = []
+        if addr < 0x100 and addr & ~4 == HPET_CFG and host.patch("hpet-counter-lockless"):
+            seq = self.state_version
+            seq.write_begin()
+            try:
+                await host.delay(self._cost)
+                self._write_reg(addr, value, size, ops)
+                if ops:
+                    await self._deliver_locked(ops)
+            finally:
+                seq.write_end()
+            return
+        await host.delay(self._cost)
+        self._write_reg(addr, value, size, ops)
+        if ops:
+            await self._deliver_locked(ops)
+
+    async def _deliver_locked(self, ops: list[_IrqOp]) -> None:
+        """``BQL_LOCK_GUARD()`` around the IRQ updates: take the BQL unless already held."""
+        if bql_locked():
+            self._deliver(ops)
+            return
+        bql = self.host.bql
+        await bql.acquire("hpet irq")
+        try:
+            self._deliver(ops)
+        finally:
+            bql.release()
+
+    # -- register decode (callers hold the mutex or the BQL) ----------------------------------------
+    def _read_reg(self, addr: int) -> int:
+        shift = (addr & 4) * 8
+        if addr >= 0x100:
+            tn = (addr - 0x100) // 0x20
+            if tn >= self.num_timers:
+                return 0
+            t = self.timers[tn]
+            reg = addr & 0x18
+            if reg == HPET_TN_CFG:
+                return t.config >> shift
+            if reg == HPET_TN_CMP:
+                return t.cmp >> shift
+            if reg == HPET_TN_ROUTE:
+                return t.fsb >> shift
+            return 0
+        reg = addr & ~4
+        if reg == HPET_ID:
+            return self.capability >> shift
+        if reg == HPET_CFG:
+            return self.config >> shift
+        if reg == HPET_COUNTER:
+            return self.counter_value() >> shift
+        if reg == HPET_STATUS:
+            return self.isr >> shift
+        return 0
+
+    def _write_reg(self, addr: int, value: int, size: int, ops: list[_IrqOp]) -> None:
+        shift = (addr & 4) * 8
+        length = min(size * 8, 64 - shift)
+        if addr >= 0x100:
+            tn = (addr - 0x100) // 0x20
+            if tn < self.num_timers:
+                self._write_timer_reg(self.timers[tn], addr & 0x18, shift, length, value, ops)
+            return
+        reg = addr & ~4
+        if reg == HPET_CFG:
+            self._write_config(_deposit64(self.config, shift, length, value), ops)
+        elif reg == HPET_STATUS:
+            cleared = (value << shift) & self.isr
+            for t in self.timers:
+                if cleared & (1 << t.tn):
+                    self._update_irq(t, False, ops)
+        elif reg == HPET_COUNTER:
+            # QEMU stores the value even while running (with a trace); it is used only
+            # once the counter is halted and restarted.
+            self.hpet_counter = _deposit64(self.hpet_counter, shift, length, value)
+
+    def _write_config(self, new_val: int, ops: list[_IrqOp]) -> None:
+        old_val = self.config
+        new_val = _fixup_reg(new_val, old_val, HPET_CFG_WRITE_MASK)
+        self.config = new_val
+        if _activating(old_val, new_val, HPET_CFG_ENABLE):
+            # start the counter where it stopped, then arm every comparator
+            self.hpet_offset = (self.hpet_counter * HPET_CLK_PERIOD_NS - self.host.now_ns()) & _U64
+            for t in self.timers:
+                if t.enabled and self.isr & (1 << t.tn):
+                    self._update_irq(t, True, ops)
+                self._set_timer(t)
+        elif _deactivating(old_val, new_val, HPET_CFG_ENABLE):
+            self.hpet_counter = self._get_ticks()
+            for t in self.timers:
+                self._del_timer(t, ops)
+        if _activating(old_val, new_val, HPET_CFG_LEGACY):
+            ops.append((_PIT, 0, 0))
+            ops.append((_LOWER, 0, 0))
+            ops.append((_LOWER, _RTC_ISA_IRQ, 0))
+        elif _deactivating(old_val, new_val, HPET_CFG_LEGACY):
+            ops.append((_LOWER, 0, 0))
+            ops.append((_PIT, 1, 0))
+
+    def _write_timer_reg(self, t: HPETTimer, reg: int, shift: int, length: int, value: int,
+                         ops: list[_IrqOp]) -> None:
+        if reg == HPET_TN_CFG:
+            old_val = t.config
+            new_val = _fixup_reg(_deposit64(old_val, shift, length, value), old_val, HPET_TN_CFG_WRITE_MASK)
+            if _deactivating(old_val, new_val, HPET_TN_TYPE_LEVEL):
+                self._update_irq(t, False, ops)  # before the FSB bit can change the route
+            t.config = new_val
+            if _activating(old_val, new_val, HPET_TN_ENABLE) and self.isr & (1 << t.tn):
+                self._update_irq(t, True, ops)
+            if new_val & HPET_TN_32BIT:
+                t.cmp &= _U32
+                t.period &= _U32
+            if self.config & HPET_CFG_ENABLE:
+                self._set_timer(t)
+        elif reg == HPET_TN_CMP:
+            if t.config & HPET_TN_32BIT:
+                if shift:
+                    return  # the high dword of a 32-bit comparator stays zero
+                length = 64
+                value &= _U32
+            if not t.config & HPET_TN_PERIODIC or t.config & HPET_TN_SETVAL:
+                t.cmp = _deposit64(t.cmp, shift, length, value)
+            if t.config & HPET_TN_PERIODIC:
+                t.period = _deposit64(t.period, shift, length, value)
+            t.config &= ~HPET_TN_SETVAL
+            if self.config & HPET_CFG_ENABLE:
+                self._set_timer(t)
+        elif reg == HPET_TN_ROUTE:
+            t.fsb = _deposit64(t.fsb, shift, length, value)
+
+    # -- comparators (hpet_set_timer / hpet_arm / hpet_timer / hpet_del_timer) -------------------
+    def _calculate_cmp64(self, t: HPETTimer, cur_tick: int, target: int) -> int:
+        """The next counter value that matches ``target`` (only its low 32 bits in 32-bit mode)."""
+        if t.config & HPET_TN_32BIT:
+            result = (cur_tick & ~_U32 & _U64) | (target & _U32)
+            if result < cur_tick:
+                result += 1 << 32
+            return result & _U64
+        return target
+
+    def _arm(self, t: HPETTimer, tick: int) -> None:
+        """``hpet_arm``: run the QEMU timer when the counter reaches ``tick``."""
+        ns = (tick * HPET_CLK_PERIOD_NS - self.hpet_offset) & _U64
+        if t.config & HPET_TN_PERIODIC and (ns - t.last) & _U64 < _MIN_PERIOD_NS:
+            ns = (t.last + _MIN_PERIOD_NS) & _U64
+        t.last = ns
+        t.qemu_timer.mod_ns(max(_s64(ns), 0))  # timer_mod_ns: MAX(expire_time, 0)
+
+    def _set_timer(self, t: HPETTimer) -> None:
+        cur_tick = self._get_ticks()
+        t.wrap_flag = 0
+        t.cmp64 = self._calculate_cmp64(t, cur_tick, t.cmp)
+        if t.config & HPET_TN_32BIT and not t.config & HPET_TN_PERIODIC:
+            # a 32-bit one-shot also interrupts when the counter's low dword wraps
+            next_wrap = (cur_tick | _U32) + 1
+            if t.cmp64 > next_wrap:
+                t.wrap_flag = 1
+                self._arm(t, next_wrap)
+                return
+        self._arm(t, t.cmp64)
+
+    def _del_timer(self, t: HPETTimer, ops: list[_IrqOp]) -> None:
+        t.qemu_timer.delete()
+        if self.isr & (1 << t.tn):
+            self._update_irq(t, True, ops)  # level-triggered: ISR stays set, the line goes low
+
+    def _timer_expired(self, t: HPETTimer) -> None:
+        """``hpet_timer``: the main loop runs it with the BQL held."""
+        t.fires += 1
+        self.timer_fires += 1
+        cur_tick = self._get_ticks()
+        if t.config & HPET_TN_PERIODIC and t.period:
+            while _s64((t.cmp64 - cur_tick) & _U64) <= 0:  # reached (QEMU: strictly passed)
+                t.cmp64 = (t.cmp64 + t.period) & _U64
+            t.cmp = t.cmp64 & _U32 if t.config & HPET_TN_32BIT else t.cmp64
+            self._arm(t, t.cmp64)
+        elif t.wrap_flag:
+            t.wrap_flag = 0
+            self._arm(t, t.cmp64)
+        ops: list[_IrqOp] = []
+        self._update_irq(t, True, ops)
+        self._deliver(ops)
+
+    # -- interrupts (update_irq) -------------------------------------------------------------------
+    def _update_irq(self, t: HPETTimer, set_: bool, ops: list[_IrqOp]) -> None:
+        """``update_irq``: update ISR now; queue the line operation for delivery under the BQL."""
+        if t.tn <= 1 and self.config & HPET_CFG_LEGACY:
+            route = 0 if t.tn == 0 else _RTC_ISA_IRQ
+        else:
+            route = (t.config & HPET_TN_INT_ROUTE_MASK) >> HPET_TN_INT_ROUTE_SHIFT
+        mask = 1 << t.tn
+        if set_ and t.config & HPET_TN_TYPE_LEVEL:
+            # "the timer will still operate and generate status bits" even if not enabled
+            self.isr |= mask
+        else:
+            self.isr &= ~mask
+        if set_ and t.config & HPET_TN_ENABLE and self.config & HPET_CFG_ENABLE:
+            if t.config & HPET_TN_FSB_ENABLE:
+                ops.append((_FSB, t.fsb >> 32, t.fsb & _U32))
+            elif t.config & HPET_TN_TYPE_LEVEL:
+                ops.append((_RAISE, route, 0))
+            else:
+                ops.append((_PULSE, route, 0))
+        elif not t.config & HPET_TN_FSB_ENABLE:
+            ops.append((_LOWER, route, 0))
+
+    def _line(self, route: int) -> IRQLine | None:
+        """``s->irqs[route]``: GSI line ``route`` if the machine connected it."""
+        try:
+            return self.host.gsi(route)
+        except ConfigError:
+            return None
+
+    def _deliver(self, ops: list[_IrqOp]) -> None:
+        """Drive the lines (``qemu_irq_raise/lower/pulse``): the caller holds the BQL."""
+        for op, a, b in ops:
+            if op == _FSB:
+                self.fsb_writes += 1
+                if self.fsb_write is not None:
+                    self.fsb_write(a, b)
+                continue
+            if op == _PIT:
+                self.pit_enabled = bool(a)
+                if self.pit_irq_control is not None:
+                    self.pit_irq_control(self.pit_enabled)
+                continue
+            line = self._line(a)
+            if line is None:
+                if op != _LOWER:
+                    self.dropped_irqs += 1
+                continue
+            if op == _LOWER:
+                line.lower()
+            else:
+                self.irq_raises += 1
+                if op == _RAISE:
+                    line.raise_()
+                else:
+                    line.pulse()
+
+    # -- reports -----------------------------------------------------------------------------------
+    def statistics(self) -> HPETStatistics:
+        """A frozen snapshot of the counters."""
+        seq = self.state_version.statistics()
+        return HPETStatistics(self.reads, self.writes, self.counter_reads, seq.retries, seq.writes,
+                              self.timer_fires, self.irq_raises, self.fsb_writes, self.dropped_irqs)
+
+    @property
+    def seqlock_retries(self) -> int:
+        """Counter read sections retried because a CONFIG write was in progress."""
+        return self.state_version.statistics().retries
+
+    def __repr__(self) -> str:
+        state = "enabled" if self.config & HPET_CFG_ENABLE else "disabled"
+        if self.config & HPET_CFG_LEGACY:
+            state += " legacy"
+        return (f"<HPETState {self.name!r} at {self.base:#x} {state}, {self.num_timers} timers, "
+                f"isr={self.isr:#x}, locking={self.locking}>")

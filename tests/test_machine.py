@@ -1,0 +1,147 @@
+"""The machine end to end: the seed's results at CI size, accounting, patches, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from aemu.config import MachineConfig
+from aemu.cpu import MMIORead, PIORead
+from aemu.errors import ConfigError
+from aemu.machine import Machine, simulate
+from aemu.workloads.base import Metric, Workload
+
+SPLIT = "-accel kvm,kernel-irqchip=split"
+
+
+def run(args: str):  # type: ignore[no-untyped-def]
+    return simulate(MachineConfig.parse(args))
+
+
+class TestSeedResults:
+    def test_hpet_bench_32_vcpus_after_is_at_most_a_fifth_of_before(self) -> None:
+        common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60"
+        before, after = run(common + " --series before"), run(common + " --series after")
+        assert before.finished and after.finished
+        assert after.metric.value <= 0.2 * before.metric.value
+        assert after.bql.acquisitions < before.bql.acquisitions / 10
+
+    def test_hpet_bench_one_vcpu_before_and_after_within_10_percent(self) -> None:
+        common = f"-M q35,hpet=on -smp 1 {SPLIT} --workload hpet-bench --param reads=50"
+        before, after = run(common + " --series before"), run(common + " --series after")
+        assert abs(before.metric.value - after.metric.value) <= 0.1 * before.metric.value
+
+    def test_boot_32_vcpus_before_is_10x_slower_and_names_the_culprits(self) -> None:
+        common = f"-M q35,hpet=off -smp 32,sockets=4 {SPLIT} --workload boot --param phases=2"
+        before, after = run(common + " --series before"), run(common + " --series after")
+        assert after.finished
+        assert not before.finished or before.virtual_ns >= 10 * after.virtual_ns
+        top = [s.site for s in before.bql.sites[:3]]
+        assert "acpi-tmr read" in top and "kvm_arch_pre_run" in top
+
+    def test_ablation_without_irqchip_pre_run_keeps_pre_run_contention(self) -> None:
+        common = f"-M q35,hpet=off -smp 32,sockets=4 {SPLIT} --workload boot --param phases=1"
+        after = run(common + " --series after")
+        ablated = run(common + " --series after --patch -irqchip-pre-run")
+        assert ablated.bql.sites[0].site == "kvm_arch_pre_run"
+        assert ablated.bql.contentions > 10 * max(1, after.bql.contentions)
+        assert ablated.virtual_ns > after.virtual_ns
+
+
+class TestQuantum:
+    @pytest.mark.parametrize("args", [
+        f"-M q35,hpet=on -smp 16 {SPLIT} --workload hpet-bench --param reads=40 --series before",
+        f"-M q35,hpet=on -smp 16 {SPLIT} --workload hpet-bench --param reads=40 --series after",
+        f"-M q35,hpet=off -smp 16 {SPLIT} --workload boot --param phases=1 --series before",
+        f"-M q35,hpet=off -smp 16 {SPLIT} --workload boot --param phases=1 --series after",
+    ])
+    def test_default_quantum_within_2_percent_of_lockstep(self, args: str) -> None:
+        exact = run(args + " --quantum 0")
+        fast = run(args)
+        assert fast.config.quantum_ns > 0
+        for a, b in [(exact.metric.value, fast.metric.value), (exact.virtual_ns, fast.virtual_ns),
+                     (exact.bql.acquisitions, fast.bql.acquisitions),
+                     (exact.bql.wait_ns.mean, fast.bql.wait_ns.mean)]:
+            assert abs(a - b) <= 0.02 * max(abs(a), 1e-9) + 1, (a, b)
+
+
+class TestAccounting:
+    def test_vcpu_times_add_up_and_runs_are_deterministic(self) -> None:
+        args = f"-M q35,hpet=off -smp 8 {SPLIT} --workload boot --param phases=1 --series before"
+        r1, r2 = run(args), run(args)
+        d1, d2 = r1.to_dict(), r2.to_dict()
+        d1.pop("wall_s"), d2.pop("wall_s")
+        assert d1 == d2
+        for v in r1.vcpus:
+            assert min(v.guest_ns, v.exit_ns, v.lock_wait_ns, v.halted_ns) >= 0
+        bsp = r1.vcpus[0]
+        assert bsp.elapsed_ns == r1.virtual_ns or bsp.elapsed_ns <= r1.virtual_ns
+        assert b"phase 0 done" in r1.serial_output
+
+    def test_result_document_schema(self) -> None:
+        r = run(f"-smp 2 {SPLIT} --workload pmtimer-bench --param reads=5 --series before")
+        d = r.to_dict()
+        assert d["schema"] == "aemu.result/1"
+        assert set(d) >= {"config", "virtual_ns", "wall_s", "workload", "locks", "vcpus", "regions"}
+        assert d["workload"]["metric"]["unit"] == "ns" and d["workload"]["finished"] is True
+        bql = d["locks"]["bql"]
+        assert set(bql["wait_ns"]) >= {"min", "max", "total", "mean", "p50", "p90", "p99"}
+        assert bql["sites"][0]["wait_ns_total"] >= bql["sites"][-1]["wait_ns_total"]
+        assert {"guest", "exit", "lock_wait", "halted"} == set(d["vcpus"][0]["time_ns"])
+        tmr = next(x for x in d["regions"] if x["name"] == "acpi-tmr")
+        assert tmr["reads"] == 10 and tmr["latency_ns"]["p50"] > 0
+
+
+class TestBadInput:
+    def test_guest_exception_names_the_vcpu_and_frees_the_bql(self) -> None:
+        class Boom(Workload):
+            name = "boom"
+
+            def program(self, machine, index, rng):  # type: ignore[no-untyped-def]
+                yield PIORead(0x608, 4)
+                if index == 1:
+                    raise ValueError("guest bug")
+                yield PIORead(0x608, 4)
+
+            def metric(self, machine):  # type: ignore[no-untyped-def]
+                return Metric("x", 0, "")
+
+        from aemu import clock
+        from aemu.cpu import GuestError
+        from aemu.machine import simulate_machine
+
+        cfg = MachineConfig.parse(f"-smp 2 {SPLIT} --series before")
+        with pytest.raises(GuestError, match=r"vCPU 1: guest program raised ValueError\('guest bug'\)"):
+            clock.run(simulate_machine(cfg, Boom()))
+
+    def test_unknown_lockless_region(self) -> None:
+        with pytest.raises(ConfigError, match="no I/O region named 'nope'; known: .*acpi-tmr"):
+            Machine(MachineConfig.parse("--lockless nope"))
+
+    def test_unknown_workload_and_hpet_bench_without_hpet(self) -> None:
+        with pytest.raises(ConfigError, match="unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench"):
+            Machine(MachineConfig.parse("--workload nap"))
+        with pytest.raises(ConfigError, match="needs the HPET"):
+            Machine(MachineConfig.parse("-M q35,hpet=off --workload hpet-bench"))
+
+    def test_what_if_lockless_serial(self) -> None:
+        args = f"-smp 4 {SPLIT} --workload boot --param phases=1 --series before"
+        base, what_if = run(args), run(args + " --lockless serial")
+        assert "serial write" in {s.site for s in base.bql.sites}
+        assert "serial write" not in {s.site for s in what_if.bql.sites}
+
+
+def test_mmio_read_unassigned_is_a_result_not_a_crash() -> None:
+    class Probe(Workload):
+        name = "probe"
+
+        def program(self, machine, index, rng):  # type: ignore[no-untyped-def]
+            self.value = yield MMIORead(0xdead0000, 4)
+
+        def metric(self, machine):  # type: ignore[no-untyped-def]
+            return Metric("value", self.value, "")
+
+    from aemu import clock
+    from aemu.machine import simulate_machine
+
+    m = clock.run(simulate_machine(MachineConfig.parse(f"-smp 1 {SPLIT}"), Probe()))
+    assert m.workload.metric(m).value == 0xFFFFFFFF and m.memory.decode_errors == 1
