@@ -9,6 +9,11 @@ The public API, re-exported here:
   accounting), :class:`SeqLock`, :func:`bql_locked`, and their frozen statistics;
 * QEMU's memory API (:mod:`aemu.memory`): :class:`MemoryRegion`, :class:`MemoryRegionOps`,
   :class:`AddressSpace`, :class:`MemTxResult`, :func:`prepare_mmio_access`, :func:`mtree_text`;
+* the machine (:mod:`aemu.machine`, :mod:`aemu.config`, :mod:`aemu.cpu`): :class:`MachineConfig`
+  (``MachineConfig.parse("-M q35,hpet=off -smp 240,sockets=4 ...")``), :func:`simulate` returning a
+  :class:`Result` (``result.to_dict()`` is the ``aemu.result/1`` document), :class:`Machine`,
+  :class:`CostModel`, guest exits (:class:`PIORead`, :class:`MMIORead`, :class:`Compute`,
+  :class:`Halt`, ...) and :class:`Workload` for guest programs of your own;
 * errors (:mod:`aemu.errors`).
 """
 
@@ -27,6 +32,9 @@ from .clock import (
     run,
     sleep_ns,
 )
+from .config import SMP, MachineConfig
+from .costs import CostModel
+from .cpu import VCPU, Compute, GuestError, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI
 from .errors import (
     AddressOutOfRangeError,
     AemuError,
@@ -48,6 +56,8 @@ from .memory import (
     mtree_text,
     prepare_mmio_access,
 )
+from .machine import Machine, simulate, simulate_machine
+from .result import Result
 from .sync import (
     ContentionPoint,
     Lock,
@@ -59,6 +69,9 @@ from .sync import (
     TimeStats,
     bql_locked,
 )
+
+from .workloads.base import Metric, Workload
+from .workloads.base import register as register_workload
 
 __version__ = "0.1.0"
 
@@ -72,5 +85,8 @@ __all__ = [
     "mtree_text", "prepare_mmio_access",
     "ContentionPoint", "Lock", "LockStatistics", "SeqLock", "SeqLockStatistics", "SiteStats",
     "TaskLockStats", "TimeStats", "bql_locked",
+    "SMP", "MachineConfig", "CostModel", "VCPU", "Compute", "GuestError", "Halt", "LAPICTimer",
+    "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "Machine", "simulate", "simulate_machine",
+    "Result", "Workload", "Metric", "register_workload",
     "__version__",
 ]

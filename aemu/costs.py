@@ -82,6 +82,9 @@ class CostModel:
             else:
                 _check_ns(f.name, v)
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return (CostModel.from_dict, (self.to_dict(),))  # MappingProxyType does not pickle
+
     def handler(self, region: str) -> int:
         """The handler cost of the region named ``region``."""
         return self.handler_ns.get(region, self.default_handler_ns)

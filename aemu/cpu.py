@@ -278,8 +278,10 @@ class VCPU:
 
     async def post_run(self) -> None:
         """``kvm_arch_post_run``: with a userspace APIC, sync TPR/APIC base under the BQL."""
+        t0 = self._local()
         async with self.machine.bql.held("kvm_arch_post_run"):
             pass
+        self.exit_ns += self._local() - t0
 
     async def _take_injected(self) -> None:
         """The guest takes injected interrupts: injection, its handler, and the LAPIC EOI."""

@@ -64,9 +64,12 @@ class VCPUResult:
     lock_wait_by_lock: dict[str, int]
     halted_ns: int
     finished: bool
+    start_ns: int
+    finish_ns: int
 
     @property
     def elapsed_ns(self) -> int:
+        """guest + exit + lock_wait + halted: the vCPU's elapsed virtual time."""
         return self.guest_ns + self.exit_ns + self.lock_wait_ns + self.halted_ns
 
 
@@ -100,7 +103,8 @@ class Result:
             total_wait = sum(w.values())
             vcpus.append(VCPUResult(
                 c.index, sum(c.exits.values()), dict(c.exits), dict(c.region_exits), c.interrupts,
-                c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished))
+                c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished,
+                c.start_ns, c.finish_ns))
         names = sorted({n for c in m.vcpus for n in c.latency})
         regions = tuple(m.region_latency(n) for n in names)
         counts: dict[str, tuple[int, int]] = {}
@@ -110,6 +114,10 @@ class Result:
         serial = bytes(m.serial.output)
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
                    locks, tuple(vcpus), regions, counts, serial)
+
+    def regions_by_name(self) -> dict[str, RegionLatency]:
+        """Region latency summaries keyed by region name."""
+        return {r.name: r for r in self.regions}
 
     @property
     def bql(self) -> LockStatistics:

@@ -13,8 +13,24 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert __version__ in capsys.readouterr().out
 
 
-def test_compare_runs_the_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", "--readers", "8", "--reads", "20"]) == 0
+def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--jobs", "1", "-smp", "8", "--param", "phases=1"]) == 0
+    out = capsys.readouterr().out
+    assert "-smp 8," in out and "kernel-irqchip=split" in out
+    assert "hpet-bench: read latency p50" in out and "ablation" in out and "verdict:" in out
+    row = next(line for line in out.splitlines() if line.startswith("boot: BQL acquisitions"))
+    before, after = (int(x.replace(",", "")) for x in row.split()[-2:])
+    assert before > 10 * after
+
+
+def test_run_prints_a_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-smp", "2", "--workload", "pmtimer-bench", "--param", "reads=5", "--series", "before"]) == 0
+    out = capsys.readouterr().out
+    assert "median read latency" in out and "acpi-tmr read" in out
+
+
+def test_demo_runs_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--readers", "8", "--reads", "20"]) == 0
     out = capsys.readouterr().out
     assert "before (BQL)" in out and "after (lockless_io)" in out
     bql_row = next(line for line in out.splitlines() if line.startswith("BQL acquisitions"))
@@ -25,8 +41,11 @@ def test_compare_runs_the_model(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("argv, needle", [
     (["bogus"], "No such command 'bogus'"),
-    (["compare", "--readers", "0"], "Invalid value for '--readers'"),
-    (["compare", "--reads", "many"], "'many' is not a valid integer"),
+    (["demo", "--readers", "0"], "Invalid value for '--readers'"),
+    (["demo", "--reads", "many"], "'many' is not a valid integer"),
+    (["run", "-smp", "4,sockets=3"], "Invalid CPU topology"),
+    (["run", "--workload", "nap"], "unknown workload 'nap'"),
+    (["run", "--lockless", "nope"], "no I/O region named 'nope'"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2

@@ -72,9 +72,10 @@ class TestAccounting:
         d1.pop("wall_s"), d2.pop("wall_s")
         assert d1 == d2
         for v in r1.vcpus:
-            assert min(v.guest_ns, v.exit_ns, v.lock_wait_ns, v.halted_ns) >= 0
-        bsp = r1.vcpus[0]
-        assert bsp.elapsed_ns == r1.virtual_ns or bsp.elapsed_ns <= r1.virtual_ns
+            assert v.finished and min(v.guest_ns, v.exit_ns, v.lock_wait_ns, v.halted_ns) >= 0
+            assert v.elapsed_ns == v.finish_ns - v.start_ns
+            assert v.lock_wait_ns > 0 and v.halted_ns > 0 and v.guest_ns > 0
+        assert max(v.finish_ns for v in r1.vcpus) == r1.virtual_ns
         assert b"phase 0 done" in r1.serial_output
 
     def test_result_document_schema(self) -> None:
@@ -107,11 +108,12 @@ class TestBadInput:
 
         from aemu import clock
         from aemu.cpu import GuestError
-        from aemu.machine import simulate_machine
 
-        cfg = MachineConfig.parse(f"-smp 2 {SPLIT} --series before")
+        m = Machine(MachineConfig.parse(f"-smp 2 {SPLIT} --series before"), Boom())
         with pytest.raises(GuestError, match=r"vCPU 1: guest program raised ValueError\('guest bug'\)"):
-            clock.run(simulate_machine(cfg, Boom()))
+            clock.run(m.run(10**9))
+        assert not m.bql.locked() and not any(lock.locked() for lock in m.all_locks())
+        assert m.bql.statistics().acquisitions >= 2
 
     def test_unknown_lockless_region(self) -> None:
         with pytest.raises(ConfigError, match="no I/O region named 'nope'; known: .*acpi-tmr"):
