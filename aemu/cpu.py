@@ -122,6 +122,11 @@ class LAPICTimer:
     vector: int = 0xEC
 
 
+#: exit class -> (is MMIO, is a read)
+_ACCESS: dict[type, tuple[bool, bool]] = {
+    PIORead: (False, True), PIOWrite: (False, False), MMIORead: (True, True), MMIOWrite: (True, False),
+}
+
 Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, SendIPI, LAPICTimer]
 GuestProgram = Generator[Exit, Any, None]
 
@@ -299,30 +304,23 @@ class VCPU:
         m = self.machine
         k = self.keeper
         cls = ex.__class__
-        if cls is MMIORead or cls is PIORead:
-            mmio = cls is MMIORead
+        if cls in _ACCESS:
+            mmio, is_read = _ACCESS[cls]
             addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
             space = m.memory if mmio else m.io
+            kind = "mmio" if mmio else "pio"
             t0 = self._local()
-            self.exits["mmio" if mmio else "pio"] += 1
-            self.current_exit = "mmio" if mmio else "pio"
+            self.exits[kind] += 1
+            self.current_exit = kind
             if k.advance(costs.mmio_exit_ns if mmio else costs.pio_exit_ns):
                 await k.sync()
-            value, res = await space.read(addr, ex.size)  # type: ignore[union-attr]
+            if is_read:
+                value, _res = await space.read(addr, ex.size)  # type: ignore[union-attr]
+            else:
+                value = None
+                await space.write(addr, ex.value, ex.size)  # type: ignore[union-attr]
             self._account_access(space, addr, t0)
             return value
-        if cls is MMIOWrite or cls is PIOWrite:
-            mmio = cls is MMIOWrite
-            addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
-            space = m.memory if mmio else m.io
-            t0 = self._local()
-            self.exits["mmio" if mmio else "pio"] += 1
-            self.current_exit = "mmio" if mmio else "pio"
-            if k.advance(costs.mmio_exit_ns if mmio else costs.pio_exit_ns):
-                await k.sync()
-            await space.write(addr, ex.value, ex.size)  # type: ignore[union-attr]
-            self._account_access(space, addr, t0)
-            return None
         if cls is Halt:
             return await self.halt()
         if cls is SendIPI:
