@@ -17,7 +17,8 @@ Each loop iteration models ``kvm_cpu_exec``:
 * **run** -- the guest program until its next exit (compute is local time, see below).
 * **handle** -- the exit: PIO/MMIO through the ``I/O``/``memory`` address spaces (dispatch takes
   the BQL unless the region is lockless), HLT (waits for an interrupt; with an in-kernel LAPIC
-  the kernel handles it), IPIs and LAPIC timers through the in-kernel LAPIC.
+  the kernel handles it), IPIs and LAPIC timers through the in-kernel LAPIC, shutdown (the vCPU
+  stops; so does a guest program that returns).
 * **post_run** -- ``kvm_arch_post_run``: the BQL only with kernel-irqchip=off (userspace APIC).
 
 Temporal decoupling: each vCPU has a :class:`~aemu.clock.QuantumKeeper`; guest compute, exit
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
-    "PIORead", "PIOWrite", "SendIPI", "VCPU",
+    "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU",
 ]
 
 
@@ -122,12 +123,17 @@ class LAPICTimer:
     vector: int = 0xEC
 
 
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """KVM_EXIT_SHUTDOWN (e.g. a triple fault or an ACPI power-off): this vCPU stops."""
+
+
 #: exit class -> (is MMIO, is a read)
 _ACCESS: dict[type, tuple[bool, bool]] = {
     PIORead: (False, True), PIOWrite: (False, False), MMIORead: (True, True), MMIOWrite: (True, False),
 }
 
-Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, SendIPI, LAPICTimer]
+Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, SendIPI, LAPICTimer, Shutdown]
 GuestProgram = Generator[Exit, Any, None]
 
 
@@ -225,6 +231,10 @@ class VCPU:
                     if k.advance(ex.ns):
                         await k.sync()
                 if ex is None:
+                    break
+                if ex.__class__ is Shutdown:
+                    self.exits["shutdown"] += 1
+                    program.close()
                     break
                 send = await self.handle(ex, costs)
                 if m.kernel_irqchip == "off":
