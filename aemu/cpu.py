@@ -214,7 +214,11 @@ class VCPU:
                 await self.pre_run()
                 if self.kvm_pending and self.if_flag:
                     await self._take_injected()
-                self.exit_ns += self._local() - t0
+                tg = self._local()
+                self.exit_ns += tg - t0
+                tracer = m.tracer
+                if tracer is not None and tg > t0:
+                    tracer.span(self.name, "pre_run", t0, tg)
                 # run: the guest until its next exit (compute needs no exit)
                 while True:
                     try:
@@ -230,6 +234,8 @@ class VCPU:
                     self.guest_ns += ex.ns
                     if k.advance(ex.ns):
                         await k.sync()
+                if tracer is not None:
+                    tracer.span(self.name, "guest", tg, self._local())
                 if ex is None:
                     break
                 if ex.__class__ is Shutdown:
@@ -355,6 +361,8 @@ class VCPU:
         hit = space.translate(addr) if 0 <= addr < space.limit else None
         name = hit[0].name if hit is not None else "unassigned"
         self.region_exits[name] += 1
+        if self.machine.tracer is not None:
+            self.machine.tracer.span(self.name, f"{self.current_exit} {name}", t0, t0 + dt)
         lat = self.latency.get(name)
         if lat is None:
             lat = self.latency[name] = array("q")
@@ -379,6 +387,8 @@ class VCPU:
                 self._wake = None
                 self.halted = False
         self.halted_ns += clock.now_ns() - t0
+        if self.machine.tracer is not None:
+            self.machine.tracer.span(self.name, "halted", t0, clock.now_ns())
         if self.machine.kernel_irqchip == "off":
             t1 = clock.now_ns()
             async with self.machine.bql.held("qemu_wait_io_event"):

@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from .result import RegionLatency, Result, region_latency
 from .sync import Lock
+from .trace import Tracer, Utilisation
 from .workloads.base import Workload, get_workload
 
 __all__ = ["Machine", "simulate", "simulate_machine"]
@@ -58,7 +59,13 @@ def _no_program() -> GuestProgram:
 class Machine:
     """One emulated machine (see module docstring)."""
 
-    def __init__(self, config: MachineConfig, workload: Workload | None = None) -> None:
+    def __init__(self, config: MachineConfig | str, workload: Workload | None = None, *,
+                 realtime: bool = False) -> None:
+        if isinstance(config, str):
+            config = MachineConfig.parse(config)
+        #: True: run on the running (real-time) loop with ``async with machine:`` until stopped.
+        self.realtime = realtime
+        self._tasks: list[asyncio.Task[None]] = []
         self.config = config
         self.costs = config.costs
         self.kernel_irqchip = config.kernel_irqchip
@@ -70,6 +77,11 @@ class Machine:
         self.finish_ns = 0
         self.finished = False
         self.wall_s = 0.0
+        #: An aemu.trace.Tracer for timelines (set it before run()), or None.
+        self.tracer: Tracer | None = None
+        #: BQL hold time per UTILISATION_BIN_NS of virtual time (always on; it is cheap).
+        self.bql_utilisation = Utilisation(UTILISATION_BIN_NS)
+        bql.utilisation = self.bql_utilisation
 
         # address spaces: QEMU's "memory" (system) and "I/O" (io)
         self.system = MemoryRegion.container("system", 1 << 64)
@@ -219,6 +231,12 @@ class Machine:
                 if c.task is not None and c.halted}
 
     # -- running -------------------------------------------------------------------------------
+    def attach_tracer(self, tracer: Tracer) -> None:
+        """Record spans of every vCPU and lock into ``tracer`` (for ``--timeline``)."""
+        self.tracer = tracer
+        for lock in self.all_locks():
+            lock.tracer = tracer
+
     async def run(self, cap_ns: int | None = None) -> None:
         """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time."""
         loop = asyncio.get_running_loop()
@@ -246,6 +264,42 @@ class Machine:
             self.wall_s = time.perf_counter() - t0
 
 
+    # -- real time: run on the host's loop until stopped -------------------------------------------
+    async def __aenter__(self) -> Machine:
+        """Start the main loop and the vCPUs on the running loop (real-time mode)."""
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, clock.VirtualTimeLoop) and self.realtime:
+            pass  # a real-time machine on a virtual loop simply runs in virtual time
+        self.host.main_loop.start()
+        self._t0 = time.perf_counter()
+        self._start_ns = clock.now_ns()
+        for cpu in self.vcpus:
+            cpu.task = loop.create_task(cpu.run(), name=cpu.name)
+            self._tasks.append(cpu.task)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether vCPU tasks started by ``async with`` are still running."""
+        return any(not t.done() for t in self._tasks)
+
+    async def stop(self) -> None:
+        """Stop the vCPUs and the main loop (no lock stays held); idempotent."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.host.main_loop.stop()
+        if tasks:
+            self.finished = all(c.finished for c in self.vcpus)
+            self.finish_ns = clock.now_ns() - self._start_ns
+            self.wall_s = time.perf_counter() - self._t0
+
+
 async def simulate_machine(config: MachineConfig, workload: Workload | None = None) -> Machine:
     """Build and run a machine on the running (virtual-time) loop; returns it for inspection."""
     machine = Machine(config, workload)
@@ -257,6 +311,9 @@ async def simulate_machine(config: MachineConfig, workload: Workload | None = No
     await machine.run(cap)
     return machine
 
+
+#: Bucket of the BQL utilisation series.
+UTILISATION_BIN_NS = 100_000
 
 #: Virtual-time cap of a run when --duration is not given (a boot that stalls ends here).
 DEFAULT_CAP_NS = 2_000_000_000

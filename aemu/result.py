@@ -31,6 +31,12 @@ class RegionLatency:
     p99: int
     max: int
     mean: float
+    #: (latency ns, fraction of accesses at or below it): 0..100th percentile in steps of 1,
+    #: plus 99.9 and 99.99 -- for CDF plots.
+    cdf: tuple[tuple[int, float], ...] = ()
+
+
+_CDF_PERCENTILES = tuple(float(p) for p in range(0, 100)) + (99.9, 99.99, 100.0)
 
 
 def region_latency(name: str, samples: array[int]) -> RegionLatency:
@@ -44,9 +50,11 @@ def region_latency(name: str, samples: array[int]) -> RegionLatency:
     for v, c in counts.items():
         h.record_value(min(max(v, HDR_LOWEST_NS), HDR_HIGHEST_NS), c)
     mx = max(samples)
+    mn = min(samples)
+    cdf = tuple((mn if p == 0 else min(h.get_value_at_percentile(p), mx), p / 100) for p in _CDF_PERCENTILES)
     return RegionLatency(name, len(samples), min(h.get_value_at_percentile(50), mx),
                          min(h.get_value_at_percentile(90), mx), min(h.get_value_at_percentile(99), mx),
-                         mx, sum(samples) / len(samples))
+                         mx, sum(samples) / len(samples), cdf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,9 @@ class Result:
     regions: tuple[RegionLatency, ...]
     region_counts: dict[str, tuple[int, int]]
     serial_output: bytes
+    #: (bucket start ns, fraction of the bucket the BQL was held) over the run.
+    bql_utilisation: tuple[tuple[int, float], ...] = ()
+    bql_utilisation_bin_ns: int = 0
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -112,8 +123,10 @@ class Result:
             if mr.kind == "io" and (mr.reads or mr.writes):
                 counts[mr.name] = (counts.get(mr.name, (0, 0))[0] + mr.reads, counts.get(mr.name, (0, 0))[1] + mr.writes)
         serial = bytes(m.serial.output)
+        util = m.bql_utilisation
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
-                   locks, tuple(vcpus), regions, counts, serial)
+                   locks, tuple(vcpus), regions, counts, serial,
+                   tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns)
 
     def regions_by_name(self) -> dict[str, RegionLatency]:
         """Region latency summaries keyed by region name."""
@@ -149,6 +162,8 @@ class Result:
                          "writes": self.region_counts.get(r.name, (0, 0))[1], "accesses": r.count,
                          "latency_ns": {"p50": r.p50, "p90": r.p90, "p99": r.p99, "max": r.max,
                                         "mean": round(r.mean, 1)}} for r in self.regions],
+            "series": {"bql_utilisation": {"bin_ns": self.bql_utilisation_bin_ns,
+                                           "values": [round(f, 4) for _, f in self.bql_utilisation]}},
         }
 
 

@@ -443,7 +443,7 @@ class Lock:
         "_acquisitions", "_contentions", "_contended", "_cancelled", "_handoffs", "_barges",
         "_requeues", "_sites", "_tasks", "_holder_sites", "_wait_raw", "_hold_raw",
         "_waits", "_holds", "_zeros_folded", "_window_start", "_last_ns", "_loop", "_clock", "_resolve_at",
-        "__weakref__",
+        "tracer", "utilisation", "__weakref__",
     )
 
     def __init__(self, name: str, *, handoff_ns: int = 0, policy: str = "fifo", bql: bool = False) -> None:
@@ -476,6 +476,10 @@ class Lock:
         self._clock: Callable[[], int] = now_ns  # that loop's virtual time in ns
         self._resolve_at: Callable[[int, asyncio.Future[None]], asyncio.TimerHandle | None] = _resolve_at
         self._last_ns = 0
+        #: An aemu.trace.Tracer to receive wait/hold spans, or None (the default: no cost).
+        self.tracer: Any = None
+        #: An aemu.trace.Utilisation to receive hold intervals, or None.
+        self.utilisation: Any = None
         self._new_window(self._now())
         register_wait_source(self)
 
@@ -565,6 +569,11 @@ class Lock:
         self._last_ns = now
         hold = now - self._hold_start
         self._hold_raw.append(hold)
+        if self.utilisation is not None:
+            self.utilisation.add(self._hold_start, now)
+        if self.tracer is not None:
+            self.tracer.span(self.name, task.get_name(), self._hold_start, now)
+            self.tracer.span(task.get_name(), f"hold {self.name} ({self._owner_site})", self._hold_start, now)
         acc = self._owner_acc
         acc.holds += 1
         acc.hold_total += hold
@@ -711,6 +720,8 @@ class Lock:
         self._acquisitions += 1
         self._contended += 1
         self._wait_raw.append(wait)
+        if self.tracer is not None:
+            self.tracer.span(task.get_name(), f"wait {self.name} ({site})", w.start, now)
         acc = self._owner_acc = self._site_acc(site)
         acc.acquisitions += 1
         acc.wait_total += wait
