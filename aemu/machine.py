@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import clock
@@ -39,6 +39,9 @@ from .trace import Tracer, Utilisation
 from .workloads.base import Workload, get_workload
 
 __all__ = ["Machine", "simulate", "simulate_machine"]
+
+#: progress(virtual_ns, vcpus_finished, vcpus_total)
+ProgressFn = Callable[[int, int, int], None]
 
 _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
@@ -76,6 +79,8 @@ class Machine:
         self.host.patches = set(config.patches)  # validated by MachineConfig
         self.finish_ns = 0
         self.finished = False
+        #: True when the run was cancelled (Ctrl-C) before it ended.
+        self.interrupted = False
         self.wall_s = 0.0
         #: An aemu.trace.Tracer for timelines (set it before run()), or None.
         self.tracer: Tracer | None = None
@@ -237,16 +242,26 @@ class Machine:
         for lock in self.all_locks():
             lock.tracer = tracer
 
-    async def run(self, cap_ns: int | None = None) -> None:
-        """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time."""
+    async def run(self, cap_ns: int | None = None, *, progress: ProgressFn | None = None,
+                  progress_every_ns: int | None = None) -> None:
+        """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time.
+
+        ``progress(virtual_ns, vcpus_finished, vcpus_total)`` is called every
+        ``progress_every_ns`` of virtual time (default: a hundredth of the cap). If the run is
+        cancelled (Ctrl-C), ``interrupted`` is set and the accounting up to then is kept.
+        """
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        main = self.host.main_loop.start()
+        self.host.main_loop.start()
         tasks = []
         for cpu in self.vcpus:
             cpu.task = loop.create_task(cpu.run(), name=cpu.name)
             tasks.append(cpu.task)
         start = clock.now_ns()
+        ticker = None
+        if progress is not None:
+            every = progress_every_ns or max(1_000, (cap_ns or DEFAULT_CAP_NS) // 100)
+            ticker = loop.create_task(self._progress(progress, every, start), name="progress")
         try:
             timeout = None if cap_ns is None else cap_ns / 1e9
             done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
@@ -255,14 +270,24 @@ class Machine:
                     raise t.exception()  # type: ignore[misc]
             self.finished = not pending
             self.finish_ns = (max(c.finish_ns for c in self.vcpus) - start) if self.finished else clock.now_ns() - start
+        except asyncio.CancelledError:
+            self.interrupted = True
+            self.finish_ns = clock.now_ns() - start
+            raise
         finally:
+            if ticker is not None:
+                ticker.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.host.main_loop.stop()
-            del main
             self.wall_s = time.perf_counter() - t0
 
+    async def _progress(self, progress: ProgressFn, every_ns: int, start: int) -> None:
+        total = len(self.vcpus)
+        while True:
+            await clock.sleep_ns(every_ns)
+            progress(clock.now_ns() - start, sum(c.finished for c in self.vcpus), total)
 
     # -- real time: run on the host's loop until stopped -------------------------------------------
     async def __aenter__(self) -> Machine:
@@ -300,15 +325,27 @@ class Machine:
             self.wall_s = time.perf_counter() - self._t0
 
 
-async def simulate_machine(config: MachineConfig, workload: Workload | None = None) -> Machine:
-    """Build and run a machine on the running (virtual-time) loop; returns it for inspection."""
+async def simulate_machine(config: MachineConfig, workload: Workload | None = None, *,
+                           progress: ProgressFn | None = None, tracer: Tracer | None = None,
+                           keep_partial: bool = False) -> Machine:
+    """Build and run a machine on the running (virtual-time) loop; returns it for inspection.
+
+    With ``keep_partial`` a cancelled run (Ctrl-C) returns the machine with ``interrupted`` set
+    instead of raising, so its partial report can be printed.
+    """
     machine = Machine(config, workload)
+    if tracer is not None:
+        machine.attach_tracer(tracer)
     cap = config.duration_ns
     if cap is None and machine.workload.open_ended:
         raise ConfigError(f"workload {machine.workload.name!r} runs until stopped: give --duration")
     if cap is None:
         cap = DEFAULT_CAP_NS
-    await machine.run(cap)
+    try:
+        await machine.run(cap, progress=progress)
+    except asyncio.CancelledError:
+        if not keep_partial:
+            raise
     return machine
 
 
@@ -319,9 +356,12 @@ UTILISATION_BIN_NS = 100_000
 DEFAULT_CAP_NS = 2_000_000_000
 
 
-def simulate(config: MachineConfig | str, workload: Workload | None = None) -> Result:
+def simulate(config: MachineConfig | str, workload: Workload | None = None, *,
+             progress: ProgressFn | None = None, tracer: Tracer | None = None,
+             keep_partial: bool = False) -> Result:
     """Run ``config`` to completion on a fresh virtual-time loop and return its result."""
     if isinstance(config, str):
         config = MachineConfig.parse(config)
-    machine = clock.run(simulate_machine(config, workload))
+    machine = clock.run(simulate_machine(config, workload, progress=progress, tracer=tracer,
+                                         keep_partial=keep_partial))
     return Result.from_machine(machine)

@@ -99,6 +99,8 @@ class Result:
     #: (bucket start ns, fraction of the bucket the BQL was held) over the run.
     bql_utilisation: tuple[tuple[int, float], ...] = ()
     bql_utilisation_bin_ns: int = 0
+    #: True when the run was interrupted (Ctrl-C): the figures cover the part that ran.
+    interrupted: bool = False
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -126,7 +128,7 @@ class Result:
         util = m.bql_utilisation
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
                    locks, tuple(vcpus), regions, counts, serial,
-                   tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns)
+                   tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns, m.interrupted)
 
     def regions_by_name(self) -> dict[str, RegionLatency]:
         """Region latency summaries keyed by region name."""
@@ -150,6 +152,7 @@ class Result:
             "config": self.config.to_dict(),
             "virtual_ns": self.virtual_ns,
             "wall_s": round(self.wall_s, 3),
+            "interrupted": self.interrupted,
             "workload": {"name": self.workload, "finished": self.finished,
                          "metric": {"name": self.metric.name, "value": self.metric.value, "unit": self.metric.unit}},
             "locks": {("bql" if name == "BQL" else name): lock_dict(st) for name, st in self.locks.items()},
