@@ -1,15 +1,24 @@
-"""The ``aemu`` command (click): ``compare`` (the seed's comparison), ``run``, ``demo``.
+"""The ``aemu`` command (click).
 
+Subcommands: ``compare`` (the seed's comparison, README's main job), ``run`` (one
+configuration), ``sweep`` (scaling over vCPU counts), ``mtree`` (``info mtree``), ``demo``.
 QEMU-style options (``-M``, ``-smp``, ``-accel``) and aemu's own (``--workload``, ``--series``,
-``--patch``, ``--lockless``, ``--costs``, ``--seed``, ``--quantum``, ``--duration``,
-``--param``, ``--lock-policy``) are passed through to :meth:`aemu.config.MachineConfig.parse`.
-Exit codes: 0 ok, 1 the run failed, 2 usage error, 130 interrupted.
+``--patch``, ``--lockless``, ``--costs``, ``--seed``, ``--quantum``, ``--duration``, ``--param``,
+``--lock-policy``) are passed to :meth:`aemu.config.MachineConfig.parse`.
+
+Exit codes: 0 ok; 1 the run failed; 2 usage error (one line, no traceback unless ``--debug``);
+130 interrupted (``run`` prints the partial report first).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,75 +27,287 @@ from . import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": False, "help_option_names": ["-h", "--help"]}
+_PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": True,
+                "help_option_names": ["-h", "--help"]}
+_DEBUG = False
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aemu")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
     """Emulate how a VMM's vCPUs, devices and the Big QEMU Lock interact, in virtual time."""
+    global _DEBUG
+    _DEBUG = debug
 
+
+# -- shared pieces ---------------------------------------------------------------------------------
+
+def _out_file(path: str | None, what: str) -> Path | None:
+    """Check an output file can be written before a long run starts."""
+    if path is None:
+        return None
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise click.UsageError(f"{what} {path!r} is a directory; give a file name")
+    if not parent.is_dir():
+        raise click.UsageError(f"{what} {path!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise click.UsageError(f"{what} {path!r} is not writable")
+    return p
+
+
+def _out_dir(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise click.UsageError(f"--plot {path!r} exists and is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.UsageError(f"--plot {path!r}: cannot create it ({e.strerror})") from None
+    if not os.access(p, os.W_OK):
+        raise click.UsageError(f"--plot {path!r} is not writable")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.UsageError("--plot needs matplotlib: pip install matplotlib") from None
+    return p
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+class _Progress:
+    """A rich progress bar that appears only once a run has taken more than a second."""
+
+    def __init__(self, quiet: bool, total: float, unit: str) -> None:
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.total = total
+        self.unit = unit
+        self.t0 = time.monotonic()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def update(self, done: float, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.t0 < 1.0:
+                return
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                                TimeElapsedColumn(), transient=True, console=_stderr_console())
+            self.bar.start()
+            self.task = self.bar.add_task(text, total=self.total)
+        self.bar.update(self.task, completed=done, description=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def _progress(quiet: bool, total: float, unit: str) -> Iterator[_Progress]:
+    p = _Progress(quiet, total, unit)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _machine_args(f: F) -> F:
+    return click.argument("args", nargs=-1, type=click.UNPROCESSED)(f)
+
+
+# -- compare ------------------------------------------------------------------------------------------
 
 @cli.command(context_settings=_PASSTHROUGH)
 @click.option("--no-ablation", is_flag=True, help="Skip the per-switch ablation runs.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def compare(no_ablation: bool, jobs: int | None, args: tuple[str, ...]) -> None:
+@click.option("--json", "json_path", metavar="FILE", help="Write every run's result document to FILE.")
+@click.option("--plot", "plot_dir", metavar="DIR", help="Write PNG plots into DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir: str | None, quiet: bool,
+            args: tuple[str, ...]) -> None:
     """The seed's scenario before vs after the BQL-free series, plus an ablation.
 
-    ARGS are QEMU-style and aemu options for the machine (default:
-    -M q35,hpet=off -smp 240,sockets=4 -accel kvm,kernel-irqchip=split).
+    ARGS are QEMU-style and aemu options that change the seed's machine
+    (-M q35,hpet=off -smp 240,sockets=4 -accel kvm,kernel-irqchip=split). Virtual time: every
+    figure is virtual nanoseconds of the modelled machine, not host time.
     """
-    from .compare import DEFAULT_ARGS, compare as run_compare, format_comparison
+    from .compare import DEFAULT_ARGS, compare as run_compare, format_comparison, seed_configs
 
-    argv = list(args) if args else DEFAULT_ARGS.split()
-    if args:
-        argv = DEFAULT_ARGS.split() + argv  # options given override the seed's defaults
-    click.echo(format_comparison(run_compare(argv, ablation=not no_ablation, jobs=jobs)))
+    json_file = _out_file(json_path, "--json")
+    plots = _out_dir(plot_dir)
+    argv = DEFAULT_ARGS.split() + list(args)
+    total = sum(len(v) for v in seed_configs(argv, ablation=not no_ablation).values())
+    t0 = time.monotonic()
+    with _progress(quiet, total, "runs") as bar:
+        done = [0]
 
+        def step(label: str, _r: Any) -> None:
+            done[0] += 1
+            bar.update(done[0], f"compare: {done[0]}/{total} runs ({label})")
+
+        c = run_compare(argv, ablation=not no_ablation, jobs=jobs, progress=step)
+    click.echo(format_comparison(c))
+    click.echo(f"\n(wall time {time.monotonic() - t0:.1f} s for {total} runs)")
+    if json_file is not None:
+        _write_json(json_file, {"schema": "aemu.compare/1",
+                                "boot": {k: r.to_dict() for k, r in c.boot.items()},
+                                "hpet-bench": {k: r.to_dict() for k, r in c.bench.items()}})
+        click.echo(f"wrote {json_file}")
+    if plots is not None:
+        from .report.plots import write_comparison_plots
+
+        for p in write_comparison_plots(c, plots):
+            click.echo(f"wrote {p}")
+
+
+# -- run ------------------------------------------------------------------------------------------------
 
 @cli.command(context_settings=_PASSTHROUGH)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(args: tuple[str, ...]) -> None:
-    """Run one configuration and print a short report.
+@click.option("--json", "json_path", metavar="FILE", help="Write the result document (aemu.result/1) to FILE.")
+@click.option("--timeline", "timeline_path", metavar="FILE", help="Write a Perfetto/Chrome trace to FILE.")
+@click.option("--timeline-window", metavar="START:END", help="Only trace this virtual-time window, e.g. 0:5ms.")
+@click.option("--timeline-max", type=click.IntRange(1000, 10**8), default=500_000, show_default=True,
+              help="At most this many spans in the timeline (the rest is counted, not kept).")
+@click.option("--plot", "plot_dir", metavar="DIR", help="Write PNG plots into DIR.")
+@click.option("--realtime", is_flag=True, help="Run on a real-time loop (uvloop) paced to wall time.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def run(json_path: str | None, timeline_path: str | None, timeline_window: str | None, timeline_max: int,
+        plot_dir: str | None, realtime: bool, quiet: bool, args: tuple[str, ...]) -> None:
+    """Run one configuration and print the report.
 
     ARGS are QEMU-style options (-M, -smp, -accel) and aemu options (--workload, --series,
     --patch, --lockless, --costs, --seed, --quantum, --duration, --param, --lock-policy).
     """
+    from .config import MachineConfig, parse_duration
+    from .machine import DEFAULT_CAP_NS, simulate
+    from .report.tables import render_run_report
+    from .trace import Tracer
+
+    json_file = _out_file(json_path, "--json")
+    timeline_file = _out_file(timeline_path, "--timeline")
+    plots = _out_dir(plot_dir)
+    config = MachineConfig.parse(list(args))
+    tracer = None
+    if timeline_file is not None:
+        start, end = 0, None
+        if timeline_window:
+            a, sep, b = timeline_window.partition(":")
+            if not sep:
+                raise click.UsageError("--timeline-window: expected START:END, e.g. 0:5ms")
+            start = parse_duration(a or "0", "--timeline-window")
+            end = parse_duration(b, "--timeline-window") if b else None
+        tracer = Tracer(window_start_ns=start, window_end_ns=end, max_spans=timeline_max)
+    if realtime:
+        from .embed import run_realtime_blocking
+
+        result = run_realtime_blocking(config, duration_s=(config.duration_ns / 1e9) if config.duration_ns else None)
+    else:
+        cap = config.duration_ns or DEFAULT_CAP_NS
+        with _progress(quiet, cap, "ns") as bar:
+            def step(vns: int, fin: int, total: int) -> None:
+                bar.update(vns, f"virtual {vns / 1e6:,.1f} ms, {fin}/{total} vCPUs finished")
+
+            result = simulate(config, progress=step, tracer=tracer, keep_partial=True)
+    click.echo(render_run_report(result))
+    if json_file is not None:
+        _write_json(json_file, result.to_dict())
+        click.echo(f"wrote {json_file}")
+    if tracer is not None and timeline_file is not None:
+        from .report.timeline import timeline_summary, write_timeline
+
+        write_timeline(tracer, timeline_file)
+        click.echo(f"wrote {timeline_file} ({timeline_summary(tracer)})")
+    if plots is not None:
+        from .report.plots import plot_bql_utilisation, plot_latency_cdf
+
+        for region in [r.name for r in result.regions][:1]:
+            click.echo(f"wrote {plot_latency_cdf({config.series: result}, region, plots / f'latency-cdf-{region}.png')}")
+        click.echo(f"wrote {plot_bql_utilisation({config.series: result}, plots / 'bql-utilisation.png')}")
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+
+# -- sweep ----------------------------------------------------------------------------------------------
+
+@cli.command(context_settings=_PASSTHROUGH)
+@click.option("--smp", "smp_list", default="1,8,32,64,128,240", show_default=True,
+              help="Comma-separated vCPU counts.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
+@click.option("--json", "json_path", metavar="FILE", help="Write the results to FILE.")
+@click.option("--plot", "plot_dir", metavar="DIR", help="Write the scaling plot into DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def sweep(smp_list: str, jobs: int | None, json_path: str | None, plot_dir: str | None, quiet: bool,
+          args: tuple[str, ...]) -> None:
+    """A scaling table: the workload before and after the series at each vCPU count."""
     from .config import MachineConfig
-    from .machine import simulate
+    from .sweep import format_sweep, parse_smp_list, sweep as run_sweep
 
-    r = simulate(MachineConfig.parse(list(args)))
-    st = r.bql
-    click.echo(f"{r.config.qemu_args()} --workload {r.workload} ({r.config.series})")
-    click.echo(f"{r.metric.name}: {r.metric.value:,.1f} {r.metric.unit}"
-               f"{'' if r.finished else ' (did not finish: cap hit)'}")
-    click.echo(f"virtual time {r.virtual_ns / 1e6:,.3f} ms, wall {r.wall_s:.2f} s")
-    click.echo(f"BQL: {st.acquisitions:,} acquisitions, {st.contentions:,} contentions, "
-               f"wait p50 {st.wait_ns.p50:,} ns p99 {st.wait_ns.p99:,} ns; "
-               f"vCPU time waiting for it {r.lock_wait_share():.1%}")
-    for s in st.sites[:5]:
-        click.echo(f"  {s.site:<28} {s.acquisitions:>10,} acq {s.contentions:>10,} cont "
-                   f"wait total {s.wait_total_ns / 1e6:>10,.3f} ms")
+    cpus = parse_smp_list(smp_list)
+    json_file = _out_file(json_path, "--json")
+    plots = _out_dir(plot_dir)
+    base = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", "--workload", "boot", *args])
+    with _progress(quiet, 2 * len(cpus), "runs") as bar:
+        rows = run_sweep(base, cpus, jobs=jobs, progress=lambda d, t: bar.update(d, f"sweep: {d}/{t} runs"))
+    click.echo(format_sweep(rows))
+    if json_file is not None:
+        _write_json(json_file, {"schema": "aemu.sweep/1", "runs": [
+            {"cpus": r.cpus, "before": r.before.to_dict(), "after": r.after.to_dict()} for r in rows]})
+        click.echo(f"wrote {json_file}")
+    if plots is not None:
+        from .report.plots import plot_scaling
+
+        series = {"before": [(r.cpus, r.before) for r in rows], "after": [(r.cpus, r.after) for r in rows]}
+        click.echo(f"wrote {plot_scaling(series, plots / f'scaling-{base.workload}.png')}")
 
 
-def _demo_options(f: F) -> F:
-    f = click.option("--readers", default=64, show_default=True, type=click.IntRange(1, 4096),
-                     help="Concurrent reader tasks (vCPU stand-ins).")(f)
-    f = click.option("--reads", default=200, show_default=True, type=click.IntRange(1, 10**7),
-                     help="Timer reads per reader.")(f)
-    f = click.option("--seed", default=1, show_default=True, type=int, help="Random seed.")(f)
-    return f
+# -- mtree ----------------------------------------------------------------------------------------------
 
+@cli.command(context_settings=_PASSTHROUGH)
+@click.option("-f", "flat", is_flag=True, help="Print the flat views (info mtree -f).")
+@_machine_args
+def mtree(flat: bool, args: tuple[str, ...]) -> None:
+    """Print ``info mtree`` for the machine the options describe."""
+    from .config import MachineConfig
+    from .machine import Machine
+    from .memory import mtree_text
+
+    m = Machine(MachineConfig.parse(["--workload", "pmtimer-bench", *args]))
+    click.echo(mtree_text(m.io, m.memory, flat=flat).rstrip())
+
+
+# -- demo -------------------------------------------------------------------------------------------------
 
 @cli.command()
-@_demo_options
+@click.option("--readers", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Concurrent reader tasks (vCPU stand-ins).")
+@click.option("--reads", default=200, show_default=True, type=click.IntRange(1, 10**7), help="Timer reads per reader.")
+@click.option("--seed", default=1, show_default=True, type=int, help="Random seed.")
 def demo(readers: int, reads: int, seed: int) -> None:
     """The foundation's demo: timer-port reads as plain tasks, BQL vs lockless_io."""
     from .demo import compare_timer_reads, format_comparison
 
     click.echo(format_comparison(compare_timer_reads(readers=readers, reads=reads, seed=seed)))
 
+
+# -- entry point --------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 ok, 1 run failed, 2 usage error, 130 interrupted."""
@@ -96,16 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="aemu", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
-    except click.UsageError as e:
-        click.echo(f"aemu: {e.format_message()}", err=True)
-        return 2
-    except ConfigError as e:
-        click.echo(f"aemu: {e}", err=True)
+    except (click.UsageError, ConfigError) as e:
+        if _DEBUG:
+            raise
+        msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
+        click.echo(f"aemu: {msg}", err=True)
         return 2
     except (click.Abort, KeyboardInterrupt):
         click.echo("aemu: interrupted", err=True)
         return 130
     except AemuError as e:  # a failed run: one line, the cause
+        if _DEBUG:
+            raise
         click.echo(f"aemu: {e}", err=True)
         return 1
     return 0

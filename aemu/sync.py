@@ -478,7 +478,7 @@ class Lock:
         self._last_ns = 0
         #: An aemu.trace.Tracer to receive wait/hold spans, or None (the default: no cost).
         self.tracer: Any = None
-        #: An aemu.trace.Utilisation to receive hold intervals, or None.
+        #: An aemu.trace.Utilisation to receive busy intervals (owned, hand-off windows included), or None.
         self.utilisation: Any = None
         self._new_window(self._now())
         register_wait_source(self)
@@ -569,8 +569,8 @@ class Lock:
         self._last_ns = now
         hold = now - self._hold_start
         self._hold_raw.append(hold)
-        if self.utilisation is not None:
-            self.utilisation.add(self._hold_start, now)
+        if self.utilisation is not None:  # busy: from the hand-off (or acquisition) to release
+            self.utilisation.add(self._owner_since, now)
         if self.tracer is not None:
             self.tracer.span(self.name, task.get_name(), self._hold_start, now)
             self.tracer.span(task.get_name(), f"hold {self.name} ({self._owner_site})", self._hold_start, now)

@@ -6,8 +6,9 @@ window and up to ``max_spans``; beyond that it counts what it dropped and says t
 truncated. The core calls it only when one is attached (``lock.tracer``, ``machine.tracer``), so
 an untraced run pays one attribute test per event.
 
-:class:`Utilisation` bins a lock's hold time into fixed virtual-time buckets (cheap enough to be
-always on for the BQL): the series behind "BQL utilisation over virtual time".
+:class:`Utilisation` bins the time a lock is unavailable -- held, or handed over to a waiter that
+is still waking up -- into fixed virtual-time buckets (cheap enough to be always on for the BQL):
+the series behind "BQL utilisation over virtual time".
 """
 
 from __future__ import annotations

@@ -51,3 +51,21 @@ def test_usage_errors_are_one_line_exit_2(argv: list[str], needle: str, capsys: 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ctrl_c_prints_the_partial_report_and_exits_130() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aemu.cli", "run", "-q", "-smp", "64", "-accel", "kvm,kernel-irqchip=split",
+         "--workload", "boot", "--series", "before", "--duration", "60s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert "BQL" in out  # the partial report
