@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
-    "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU",
+    "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU", "WaitForVector",
 ]
 
 
@@ -108,6 +108,18 @@ class Halt:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitForVector:
+    """An OS idle loop: HLT until an interrupt with ``vector`` has been taken.
+
+    Interrupts the guest took before it got here count (the OS's handler noted them), so an
+    interrupt that arrives between arming a timer and halting is not lost, as it is not for a
+    real kernel that checks for work before ``sti; hlt``. Each taken interrupt satisfies one wait.
+    """
+
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
 class SendIPI:
     """An ICR write through the in-kernel LAPIC: deliver ``vector`` to vCPU ``dest``."""
 
@@ -133,7 +145,7 @@ _ACCESS: dict[type, tuple[bool, bool]] = {
     PIORead: (False, True), PIOWrite: (False, False), MMIORead: (True, True), MMIOWrite: (True, False),
 }
 
-Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, SendIPI, LAPICTimer, Shutdown]
+Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVector, SendIPI, LAPICTimer, Shutdown]
 GuestProgram = Generator[Exit, Any, None]
 
 
@@ -164,6 +176,8 @@ class VCPU:
         self.exits: Counter[str] = Counter()
         self.region_exits: Counter[str] = Counter()
         self.interrupts = 0
+        #: interrupts taken per vector and not yet waited for with WaitForVector
+        self.taken: Counter[int] = Counter()
         self.guest_ns = 0
         self.exit_ns = 0  # exit handling including lock waits (split out in stats())
         self.halted_ns = 0
@@ -310,6 +324,7 @@ class VCPU:
         costs = m.costs
         while self.kvm_pending:
             vector = self.kvm_pending.pop(0)
+            self.taken[vector] += 1
             self.interrupts += 1
             self.exits["irq"] += 1
             await m.host.delay(costs.irq_inject_ns + costs.kernel_exit_ns)
@@ -339,6 +354,16 @@ class VCPU:
             return value
         if cls is Halt:
             return await self.halt()
+        if cls is WaitForVector:
+            v = ex.vector  # type: ignore[union-attr]
+            while not self.taken[v]:
+                await self.halt()
+                if self.kvm_pending and self.if_flag:
+                    t0 = self._local()
+                    await self._take_injected()
+                    self.exit_ns += self._local() - t0
+            self.taken[v] -= 1
+            return v
         if cls is SendIPI:
             self.exits["ipi"] += 1
             t0 = self._local()

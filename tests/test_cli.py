@@ -61,7 +61,7 @@ def test_ctrl_c_prints_the_partial_report_and_exits_130() -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "aemu.cli", "run", "-q", "-smp", "64", "-accel", "kvm,kernel-irqchip=split",
-         "--workload", "boot", "--series", "before", "--duration", "60s"],
+         "--workload", "boot", "--series", "before", "--param", "phases=200", "--duration", "60s"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)
     proc.send_signal(signal.SIGINT)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from ..cpu import Compute, GuestProgram, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI
+from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
 from .base import Metric, Workload, register
 from .micro import HPET_CFG, HPET_COUNTER
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 SERIAL_THR = 0x3F8
 STARTUP_VECTOR = 0x30
+IDLE_VECTOR = 0xEC  # the LAPIC timer
 
 
 @register
@@ -84,7 +85,7 @@ class Boot(Workload):
             for ap in range(1, len(machine.vcpus)):
                 yield SendIPI(ap, STARTUP_VECTOR)
         else:
-            yield Halt()  # wait for the startup IPI
+            yield WaitForVector(STARTUP_VECTOR)  # wait for the startup IPI
         stall = Compute(p["stall_compute_ns"])
         work = Compute(p["work_compute_ns"])
         for phase in range(p["phases"]):
@@ -100,8 +101,8 @@ class Boot(Workload):
                 yield stall
             if index == 0:
                 yield from _serial(b"phase %d done\r\n" % phase)
-            yield LAPICTimer(p["idle_ns"])
-            yield Halt()
+            yield LAPICTimer(p["idle_ns"], IDLE_VECTOR)
+            yield WaitForVector(IDLE_VECTOR)
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("boot time", machine.finish_ns / 1e6, "ms")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from ..cpu import Compute, GuestProgram, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead
+from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, WaitForVector
 from ..errors import ConfigError
 from .base import Metric, Workload, register
 
@@ -87,10 +87,11 @@ class Idle(Workload):
 
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
         tick = int(self.params["tick_ns"])
-        timer = LAPICTimer(tick)
+        timer = LAPICTimer(tick, 0xEC)
+        wait = WaitForVector(0xEC)
         while True:
             yield timer
-            yield Halt()
+            yield wait
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("interrupts per vCPU", sum(c.interrupts for c in machine.vcpus) / len(machine.vcpus), "")
