@@ -186,14 +186,18 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
               help="At most this many spans in the timeline (the rest is counted, not kept).")
 @click.option("--plot", "plot_dir", metavar="DIR", help="Write PNG plots into DIR.")
 @click.option("--realtime", is_flag=True, help="Run on a real-time loop (uvloop) paced to wall time.")
+@click.option("-qmp", "--qmp", "qmp_spec", metavar="unix:PATH,server|tcp:HOST:PORT,server",
+              help="Serve a QMP monitor (QEMU's syntax; add ,wait=off not to wait for a client).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_machine_args
 def run(json_path: str | None, timeline_path: str | None, timeline_window: str | None, timeline_max: int,
-        plot_dir: str | None, realtime: bool, quiet: bool, args: tuple[str, ...]) -> None:
+        plot_dir: str | None, realtime: bool, qmp_spec: str | None, quiet: bool, args: tuple[str, ...]) -> None:
     """Run one configuration and print the report.
 
     ARGS are QEMU-style options (-M, -smp, -accel) and aemu options (--workload, --series,
     --patch, --lockless, --costs, --seed, --quantum, --duration, --param, --lock-policy).
+    ``-qmp unix:PATH,server[,wait=off]`` or ``-qmp tcp:HOST:PORT,server[,wait=off]`` serves a QMP
+    monitor during the run (see aemu.monitor).
     """
     from .config import MachineConfig, parse_duration
     from .machine import DEFAULT_CAP_NS, simulate
@@ -203,6 +207,11 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
     json_file = _out_file(json_path, "--json")
     timeline_file = _out_file(timeline_path, "--timeline")
     plots = _out_dir(plot_dir)
+    qmp = None
+    if qmp_spec is not None:
+        from .monitor.qmp import parse_qmp_option
+
+        qmp = parse_qmp_option(qmp_spec)
     config = MachineConfig.parse(list(args))
     tracer = None
     if timeline_file is not None:
@@ -214,7 +223,18 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
             start = parse_duration(a or "0", "--timeline-window")
             end = parse_duration(b, "--timeline-window") if b else None
         tracer = Tracer(window_start_ns=start, window_end_ns=end, max_spans=timeline_max)
-    if realtime:
+    if qmp is not None:
+        from .monitor.runner import run_with_monitor
+
+        def listening(server: Any) -> None:
+            note = ""
+            if server.address.wait:
+                note = ("; starts when a client connects" if realtime
+                        else "; paused until a client sends 'cont'")
+            click.echo(f"aemu: QMP monitor on {server.bound}{note}", err=True)
+
+        result = run_with_monitor(config, qmp, realtime=realtime, on_listening=listening)
+    elif realtime:
         from .embed import run_realtime_blocking
 
         result = run_realtime_blocking(config, duration_s=(config.duration_ns / 1e9) if config.duration_ns else None)

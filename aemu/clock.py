@@ -127,6 +127,10 @@ class _VirtualSelector(selectors.BaseSelector):
         external = len(real.get_map()) > 1 or loop._executor_jobs > 0  # >1: the self-pipe
         if timeout is not None:  # callbacks are ready (or the loop is stopping): just poll
             return real.select(0) if external else []
+        if loop.paused:  # stopped (the monitor's ``stop``): no virtual time passes, serve real I/O
+            if external:
+                return real.select(None)
+            raise loop._deadlock()
         if loop._advance():
             return real.select(0) if external else []
         paced = loop._paced_wait_s()
@@ -164,6 +168,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._pace = pace
         self._pace_origin: tuple[int, float] | None = None
         self.timers_fired = 0
+        #: True while virtual time is held (``stop`` from aemu.monitor): only real I/O is served.
+        self.paused = False
         super().__init__(selector)
         selector.loop = self
         self._clock_resolution = 1e-9

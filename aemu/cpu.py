@@ -224,6 +224,8 @@ class VCPU:
         compute_types = Compute
         try:
             while True:
+                if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
+                    await m.wait_resumed(self)
                 t0 = self._local()
                 await self.pre_run()
                 if self.kvm_pending and self.if_flag:

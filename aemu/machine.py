@@ -82,6 +82,11 @@ class Machine:
         #: True when the run was cancelled (Ctrl-C) before it ended.
         self.interrupted = False
         self.wall_s = 0.0
+        #: True while the monitor's ``stop`` holds the vCPUs (they park at their next entry).
+        self.paused = False
+        self._resume_event: asyncio.Event | None = None
+        self._parked: set[int] = set()
+        self._main_loop_held = False
         #: An aemu.trace.Tracer for timelines (set it before run()), or None.
         self.tracer: Tracer | None = None
         #: BQL hold time per UTILISATION_BIN_NS of virtual time (always on; it is cheap).
@@ -288,6 +293,68 @@ class Machine:
         while True:
             await clock.sleep_ns(every_ns)
             progress(clock.now_ns() - start, sum(c.finished for c in self.vcpus), total)
+
+    # -- stop/cont (QEMU's vm_stop/vm_start, driven by aemu.monitor) ------------------------------
+    def pause(self) -> None:
+        """``stop``: vCPUs park at their next entry; on a virtual-time loop virtual time stops too."""
+        if self.paused:
+            return
+        self.paused = True
+        self._resume_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, clock.VirtualTimeLoop):
+            loop.paused = True
+
+    async def wait_paused(self, timeout_s: float = 2.0) -> bool:
+        """Real time: wait until every vCPU is parked, halted or done, then hold the main loop's
+        timers (``pause_all_vcpus``). Returns whether all got there within ``timeout_s`` (wall).
+        On a virtual-time loop nothing moves once :meth:`pause` froze time: returns at once."""
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, clock.VirtualTimeLoop) or not self.paused:
+            return True
+        deadline = time.monotonic() + timeout_s
+        ml = self.host.main_loop
+        while self.paused:
+            cpus_still = any(not (c.finished or c.halted or c.index in self._parked or c.task is None
+                                  or c.task.done()) for c in self.vcpus)
+            ml_idle = ml._task is None or (ml._wake is not None and not ml._wake.done() and not ml._ready)
+            if not cpus_still and ml_idle:
+                if ml._task is not None:  # waiting for a timer: stopping it here loses nothing
+                    await ml.stop()
+                    self._main_loop_held = True
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.0005)
+        return True
+
+    def resume(self) -> None:
+        """``cont``: release the vCPUs (and the main loop's timers, and virtual time)."""
+        if not self.paused:
+            return
+        self.paused = False
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, clock.VirtualTimeLoop):
+            loop.paused = False
+        if self._main_loop_held:
+            self._main_loop_held = False
+            if self._tasks and any(not t.done() for t in self._tasks):
+                self.host.main_loop.start()
+        if self._resume_event is not None:
+            self._resume_event.set()
+            self._resume_event = None
+
+    async def wait_resumed(self, cpu: VCPU) -> None:
+        """Called by a vCPU at its entry while paused: sync its local time, then wait for ``cont``."""
+        k = cpu.keeper
+        if k.offset_ns and not k.locks_held:
+            await k.sync()  # never wait with local time run ahead (QuantumKeeper's invariant)
+        self._parked.add(cpu.index)
+        try:
+            while self.paused and self._resume_event is not None:
+                await self._resume_event.wait()
+        finally:
+            self._parked.discard(cpu.index)
 
     # -- real time: run on the host's loop until stopped -------------------------------------------
     async def __aenter__(self) -> Machine:
