@@ -298,6 +298,54 @@ def sweep(smp_list: str, jobs: int | None, json_path: str | None, plot_dir: str 
         click.echo(f"wrote {plot_scaling(series, plots / f'scaling-{base.workload}.png')}")
 
 
+# -- replay ---------------------------------------------------------------------------------------------
+
+@cli.command(context_settings=_PASSTHROUGH)
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--time-scale", type=click.FloatRange(0, None, min_open=True), default=1.0, show_default=True,
+              help="Scale the recorded gaps between accesses.")
+@click.option("--lenient", is_flag=True, help="Skip malformed trace lines (and count them).")
+@click.option("--json", "json_path", metavar="FILE", help="Write the result document to FILE.")
+@click.option("--timeline", "timeline_path", metavar="FILE", help="Write a Perfetto/Chrome trace to FILE.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def replay(trace: str, time_scale: float, lenient: bool, json_path: str | None, timeline_path: str | None,
+           quiet: bool, args: tuple[str, ...]) -> None:
+    """Replay a QEMU trace log (memory_region_ops_read/write) on the modelled machine.
+
+    Gives the same report as `run`, so a real boot's access mix can be compared before vs after
+    the series at any -smp. ARGS are QEMU-style and aemu options.
+    """
+    from .config import MachineConfig
+    from .replay import replay as run_replay
+    from .report.tables import render_run_report
+    from .trace import Tracer
+
+    if not Path(trace).is_file():
+        raise click.UsageError(f"trace {trace!r}: no such file")
+    json_file = _out_file(json_path, "--json")
+    timeline_file = _out_file(timeline_path, "--timeline")
+    config = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", "-smp", "4", *args])
+    tracer = Tracer() if timeline_file is not None else None
+    with _progress(quiet, 1, "ns") as bar:
+        def step(vns: int, fin: int, total: int) -> None:
+            bar.update(min(fin / max(total, 1), 1.0), f"replay: virtual {vns / 1e6:,.1f} ms, {fin}/{total} vCPUs done")
+
+        result, report = run_replay(trace, config, time_scale=time_scale, lenient=lenient, tracer=tracer,
+                                    progress=step)
+    click.echo(report.format())
+    click.echo()
+    click.echo(render_run_report(result))
+    if json_file is not None:
+        _write_json(json_file, result.to_dict())
+        click.echo(f"wrote {json_file}")
+    if tracer is not None and timeline_file is not None:
+        from .report.timeline import timeline_summary, write_timeline
+
+        write_timeline(tracer, timeline_file)
+        click.echo(f"wrote {timeline_file} ({timeline_summary(tracer)})")
+
+
 # -- mtree ----------------------------------------------------------------------------------------------
 
 @cli.command(context_settings=_PASSTHROUGH)
@@ -332,12 +380,13 @@ def demo(readers: int, reads: int, seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 ok, 1 run failed, 2 usage error, 130 interrupted."""
     from .errors import AemuError, ConfigError
+    from .replay import TraceError
 
     try:
         cli.main(args=argv, prog_name="aemu", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
-    except (click.UsageError, ConfigError) as e:
+    except (click.UsageError, ConfigError, TraceError) as e:
         if _DEBUG:
             raise
         msg = e.format_message() if isinstance(e, click.UsageError) else str(e)

@@ -69,3 +69,16 @@ def test_ctrl_c_prints_the_partial_report_and_exits_130() -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert "BQL" in out  # the partial report
+
+
+def test_replay_command(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out_json = tmp_path / "r.json"
+    assert main(["replay", "tests/data/linux-boot-excerpt.trace", "-q", "--series", "before",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "per-region read/write counts equal the trace's" in out and "kvm_arch_pre_run" in out
+    assert out_json.exists()
+    bad = tmp_path / "bad.trace"
+    bad.write_text("garbage\n")
+    assert main(["replay", str(bad)]) == 2
+    assert "bad.trace:1:" in capsys.readouterr().err
