@@ -81,6 +81,18 @@ def _write_json(path: Path, doc: Any) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
+def _write_outputs(result: Any, json_file: Path | None, tracer: Any, timeline_file: Path | None) -> None:
+    """The result document and the timeline a run was asked for."""
+    if json_file is not None:
+        _write_json(json_file, result.to_dict())
+        click.echo(f"wrote {json_file}")
+    if tracer is not None and timeline_file is not None:
+        from .report.timeline import timeline_summary, write_timeline
+
+        write_timeline(tracer, timeline_file)
+        click.echo(f"wrote {timeline_file} ({timeline_summary(tracer)})")
+
+
 class _Progress:
     """A rich progress bar that appears only once a run has taken more than a second."""
 
@@ -246,14 +258,7 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
 
             result = simulate(config, progress=step, tracer=tracer, keep_partial=True)
     click.echo(render_run_report(result))
-    if json_file is not None:
-        _write_json(json_file, result.to_dict())
-        click.echo(f"wrote {json_file}")
-    if tracer is not None and timeline_file is not None:
-        from .report.timeline import timeline_summary, write_timeline
-
-        write_timeline(tracer, timeline_file)
-        click.echo(f"wrote {timeline_file} ({timeline_summary(tracer)})")
+    _write_outputs(result, json_file, tracer, timeline_file)
     if plots is not None:
         from .report.plots import plot_bql_utilisation, plot_latency_cdf
 
@@ -336,14 +341,7 @@ def replay(trace: str, time_scale: float, lenient: bool, json_path: str | None, 
     click.echo(report.format())
     click.echo()
     click.echo(render_run_report(result))
-    if json_file is not None:
-        _write_json(json_file, result.to_dict())
-        click.echo(f"wrote {json_file}")
-    if tracer is not None and timeline_file is not None:
-        from .report.timeline import timeline_summary, write_timeline
-
-        write_timeline(tracer, timeline_file)
-        click.echo(f"wrote {timeline_file} ({timeline_summary(tracer)})")
+    _write_outputs(result, json_file, tracer, timeline_file)
 
 
 # -- mtree ----------------------------------------------------------------------------------------------
