@@ -263,6 +263,7 @@ class Machine:
             cpu.task = loop.create_task(cpu.run(), name=cpu.name)
             tasks.append(cpu.task)
         start = clock.now_ns()
+        self.bql_utilisation.origin_ns = start
         ticker = None
         if progress is not None:
             every = progress_every_ns or max(1_000, (cap_ns or DEFAULT_CAP_NS) // 100)
@@ -365,6 +366,7 @@ class Machine:
         self.host.main_loop.start()
         self._t0 = time.perf_counter()
         self._start_ns = clock.now_ns()
+        self.bql_utilisation.origin_ns = self._start_ns
         for cpu in self.vcpus:
             cpu.task = loop.create_task(cpu.run(), name=cpu.name)
             self._tasks.append(cpu.task)

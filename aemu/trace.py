@@ -64,16 +64,22 @@ class Tracer:
 class Utilisation:
     """Hold time of one lock per ``bin_ns`` bucket of virtual time."""
 
-    __slots__ = ("bin_ns", "busy")
+    __slots__ = ("bin_ns", "busy", "origin_ns")
 
-    def __init__(self, bin_ns: int = 1_000_000) -> None:
+    def __init__(self, bin_ns: int = 1_000_000, origin_ns: int = 0) -> None:
         if bin_ns <= 0:
             raise ValueError(f"bin_ns must be positive, got {bin_ns}")
         self.bin_ns = bin_ns
         self.busy: dict[int, int] = {}
+        #: Times are binned relative to this (a run's start; a real-time loop's clock is not 0).
+        self.origin_ns = origin_ns
 
     def add(self, start_ns: int, end_ns: int) -> None:
-        """Add a hold from ``start_ns`` to ``end_ns``, split across buckets."""
+        """Add a hold from ``start_ns`` to ``end_ns`` (loop clock), split across buckets."""
+        start_ns -= self.origin_ns
+        end_ns -= self.origin_ns
+        if start_ns < 0:
+            start_ns = 0
         b = self.bin_ns
         busy = self.busy
         while start_ns < end_ns:

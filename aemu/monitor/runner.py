@@ -23,7 +23,6 @@ from .. import clock
 from ..config import MachineConfig
 from ..machine import DEFAULT_CAP_NS, Machine
 from ..result import Result
-from ..trace import Utilisation
 from ..workloads.base import Workload
 from .commands import Monitor
 from .qmp import QMPAddress, QMPServer, parse_qmp_option
@@ -65,8 +64,6 @@ async def serve(config: MachineConfig | str, address: QMPAddress | str, *, realt
             await server.first_client.wait()
         if start_paused:
             machine.pause()
-        if not isinstance(asyncio.get_running_loop(), clock.VirtualTimeLoop):
-            _bin_from_now(machine)
         await machine.__aenter__()
         entered = True
         tasks = [c.task for c in machine.vcpus if c.task is not None]
@@ -99,25 +96,6 @@ async def serve(config: MachineConfig | str, address: QMPAddress | str, *, realt
         # a moment, so it does not see EOF mid-read, as it would not with QEMU's slower teardown
         await server.close(linger_s=1.0 if reason == "host-qmp-quit" else 0.0)
     return Result.from_machine(machine)
-
-
-class _RelativeUtilisation(Utilisation):
-    """BQL utilisation binned from the run's start (a real-time loop's clock starts at host uptime)."""
-
-    __slots__ = ("origin_ns",)
-
-    def __init__(self, bin_ns: int, origin_ns: int) -> None:
-        super().__init__(bin_ns)
-        self.origin_ns = origin_ns
-
-    def add(self, start_ns: int, end_ns: int) -> None:
-        Utilisation.add(self, start_ns - self.origin_ns, end_ns - self.origin_ns)
-
-
-def _bin_from_now(machine: Machine) -> None:
-    util = _RelativeUtilisation(machine.bql_utilisation.bin_ns, clock.now_ns())
-    machine.bql_utilisation = util
-    machine.bql.utilisation = util
 
 
 def run_with_monitor(config: MachineConfig | str, address: QMPAddress | str, *, realtime: bool = True,
