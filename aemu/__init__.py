@@ -14,6 +14,8 @@ The public API, re-exported here:
   :class:`Result` (``result.to_dict()`` is the ``aemu.result/1`` document), :class:`Machine`,
   :class:`CostModel`, guest exits (:class:`PIORead`, :class:`MMIORead`, :class:`Compute`,
   :class:`Halt`, ...) and :class:`Workload` for guest programs of your own;
+* embedding (:mod:`aemu.embed`): :func:`simulate_async` and :func:`live` (snapshots) for asyncio,
+  uvloop and trio apps, :func:`run_realtime` on the app's own loop;
 * errors (:mod:`aemu.errors`).
 """
 
@@ -56,6 +58,7 @@ from .memory import (
     mtree_text,
     prepare_mmio_access,
 )
+from .embed import Snapshot, live, run_realtime, simulate_async
 from .machine import Machine, simulate, simulate_machine
 from .result import Result
 from .sync import (
@@ -88,5 +91,6 @@ __all__ = [
     "SMP", "MachineConfig", "CostModel", "VCPU", "Compute", "GuestError", "Halt", "LAPICTimer",
     "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "Machine", "simulate", "simulate_machine",
     "Result", "Workload", "Metric", "register_workload",
+    "Snapshot", "live", "run_realtime", "simulate_async",
     "__version__",
 ]
