@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from array import array
 from bisect import bisect_left
 from collections import Counter, deque
@@ -75,12 +76,14 @@ _FOLD_EVERY = 1 << 20
 # Task -> number of BQL-type locks it holds (a task holds at most one BQL in practice), and the
 # loop of the latest BQL acquisition: if the caller holds a BQL, that loop is the running one.
 _bql_holders: dict[Task, int] = {}
-_bql_loop: Any = None
+# Per thread: the loop of that thread's latest BQL acquisition (threads run separate simulations,
+# each on its own loop, so a task found through another thread's loop must never count).
+_bql_tls = threading.local()
 
 
 def bql_locked() -> bool:
     """Whether the current task holds a Big QEMU Lock (QEMU's thread-local ``bql_locked()``)."""
-    task = _task_of(_bql_loop)
+    task = _task_of(getattr(_bql_tls, "loop", None))
     if task is None and _bql_holders:  # the latest BQL ran on another loop than the running one
         loop = _get_running_loop()
         task = None if loop is None else _task_of(loop)
@@ -848,9 +851,8 @@ class Lock:
 
 
 def _bql_enter(task: Task, loop: Any) -> None:
-    global _bql_loop
     _bql_holders[task] = _bql_holders.get(task, 0) + 1
-    _bql_loop = loop
+    _bql_tls.loop = loop
 
 
 def _bql_release(task: Task) -> None:
