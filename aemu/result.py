@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
 
-from .sync import HDR_HIGHEST_NS, HDR_LOWEST_NS, HDR_SIGNIFICANT_DIGITS, LockStatistics
+from .sync import LockStatistics
 from .workloads.base import Metric
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ SCHEMA = "aemu.result/1"
 
 @dataclass(frozen=True, slots=True)
 class RegionLatency:
-    """Accesses to one region: count and latency percentiles (ns, exit to return into the guest)."""
+    """Accesses to one region: count and exact latency percentiles (ns, exit to guest re-entry)."""
 
     name: str
     count: int
@@ -40,21 +41,26 @@ _CDF_PERCENTILES = tuple(float(p) for p in range(0, 100)) + (99.9, 99.99, 100.0)
 
 
 def region_latency(name: str, samples: array[int]) -> RegionLatency:
-    """Fold raw latency samples into percentiles (HdrHistogram, 3 significant digits)."""
-    if not samples:
+    """Exact percentiles of raw latency samples (value at the ``ceil(q * n)``-th smallest sample).
+
+    Virtual-time latencies repeat a lot, so the samples are counted per distinct value and the
+    percentiles read off the running totals: one pass, exact, no histogram rounding.
+    """
+    n = len(samples)
+    if not n:
         return RegionLatency(name, 0, 0, 0, 0, 0, 0.0)
-    h = HdrHistogram(HDR_LOWEST_NS, HDR_HIGHEST_NS, HDR_SIGNIFICANT_DIGITS)
     counts: dict[int, int] = {}
     for v in samples:
         counts[v] = counts.get(v, 0) + 1
-    for v, c in counts.items():
-        h.record_value(min(max(v, HDR_LOWEST_NS), HDR_HIGHEST_NS), c)
-    mx = max(samples)
-    mn = min(samples)
-    cdf = tuple((mn if p == 0 else min(h.get_value_at_percentile(p), mx), p / 100) for p in _CDF_PERCENTILES)
-    return RegionLatency(name, len(samples), min(h.get_value_at_percentile(50), mx),
-                         min(h.get_value_at_percentile(90), mx), min(h.get_value_at_percentile(99), mx),
-                         mx, sum(samples) / len(samples), cdf)
+    values = sorted(counts)
+    cumulative = list(accumulate(counts[v] for v in values))
+
+    def at(q: float) -> int:
+        rank = max(1, -(-q * n // 100))  # ceil(q / 100 * n), at least the first sample
+        return values[bisect_left(cumulative, rank)]
+
+    cdf = tuple((values[0] if p == 0 else at(p), p / 100) for p in _CDF_PERCENTILES)
+    return RegionLatency(name, n, at(50), at(90), at(99), values[-1], sum(samples) / n, cdf)
 
 
 @dataclass(frozen=True, slots=True)
