@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 from array import array
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -184,6 +184,7 @@ class VCPU:
         self.start_ns = 0
         self.latency: dict[str, array[int]] = {}
         self.task: asyncio.Task[None] | None = None
+        self._now: Callable[[], int] = clock.now_ns
 
     # -- InterruptTarget ------------------------------------------------------------------------
     def cpu_interrupt(self, mask: int) -> None:
@@ -217,7 +218,10 @@ class VCPU:
         m = self.machine
         k = self.keeper
         k.attach()
-        self.start_ns = clock.now_ns()
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, clock.VirtualTimeLoop):  # read the loop's clock directly (hot path)
+            self._now = loop.now_ns
+        self.start_ns = self._now()
         program = self.program
         send: Any = None
         costs = m.costs
@@ -273,7 +277,8 @@ class VCPU:
         self.current_exit = "finished"
 
     def _local(self) -> int:
-        return clock.now_ns() + self.keeper.offset_ns
+        """This vCPU's view of virtual time (global time plus its run-ahead offset)."""
+        return self._now() + self.keeper.offset_ns
 
     async def pre_run(self) -> None:
         """``kvm_arch_pre_run`` (target/i386/kvm/kvm.c), with or without patch 6/6."""

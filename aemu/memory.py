@@ -815,6 +815,12 @@ class AddressSpace:
         r = self.read_nowait(addr, size)
         if r is not None:
             return r
+        if size in _SIZES and addr >= 0:  # the common waiting case: one range of one I/O region
+            i = _bisect_right(self._starts, addr) - 1
+            if i >= 0:
+                start, end, mr, off = self._ranges[i]
+                if addr + size <= end and mr._kind == _IO:
+                    return await self._io_read_async(mr, addr - start + off, size)
         return await self._read_slow(addr, size)
 
     async def write(self, addr: int, value: int, size: int) -> MemTxResult:
@@ -822,6 +828,12 @@ class AddressSpace:
         r = self.write_nowait(addr, value, size)
         if r is not None:
             return r
+        if size in _SIZES and addr >= 0:  # the common waiting case: one range of one I/O region
+            i = _bisect_right(self._starts, addr) - 1
+            if i >= 0:
+                start, end, mr, off = self._ranges[i]
+                if addr + size <= end and mr._kind == _IO:
+                    return await self._io_write_async(mr, addr - start + off, value, size)
         return await self._write_slow(addr, value, size)
 
     # -- per-region dispatch (memory_region_dispatch_read/write) -----------------------------------
