@@ -129,6 +129,11 @@ class Machine:
         for dev in (self.serial, RTCState(self.host), self.pit, PCSpkState(self.host, self.pit),
                     Port92(self.host), IOPort80(self.host), PCIHost(self.host), I8042(self.host)):
             self._add(dev)
+        if config.machine == "q35":
+            # ICH9 LPC's reset control register overlaps pci-conf-idx at priority 1, as in QEMU
+            rcr = GenericRegion(self.host, "lpc-reset-control", 1, read_value=0, space="io", addr=0xCF9)
+            self.devices.append(rcr)
+            self.io_root.add_subregion(0xCF9, rcr.region, priority=1)
         self.apply_patches()
         for name in config.lockless:
             self.make_lockless(name)

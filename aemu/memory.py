@@ -1008,7 +1008,7 @@ class AddressSpace:
 
     # -- unusual accesses: bad sizes, out of range, holes, accesses that span ranges -------------
     def _pieces(self, addr: int, size: int) -> list[tuple[int, int, FlatRange | None]]:
-        """Split ``[addr, addr+size)`` at FlatRange boundaries into power-of-two pieces (``flatview_read_continue``)."""
+        """Split ``[addr, addr+size)`` into power-of-two pieces, each within one region (``flatview_read_continue``)."""
         pieces: list[tuple[int, int, FlatRange | None]] = []
         ranges, starts = self._ranges, self._starts
         done = 0
@@ -1017,7 +1017,10 @@ class AddressSpace:
             i = _bisect_right(starts, a) - 1
             fr: FlatRange | None = ranges[i] if i >= 0 else None
             if fr is not None and a < fr.end:
-                avail = fr.end - a
+                # QEMU limits the length by the end of the *region*, not of the FlatRange
+                # (address_space_translate_internal: mr->size - addr): an access that runs into
+                # a higher-priority overlap still goes whole to the region it started in
+                avail = fr.start - fr.offset_in_region + fr.region._size - a
             else:
                 fr = None
                 avail = (starts[i + 1] if i + 1 < len(starts) else self.limit) - a
