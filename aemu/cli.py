@@ -359,6 +359,33 @@ def mtree(flat: bool, args: tuple[str, ...]) -> None:
     click.echo(mtree_text(m.io, m.memory, flat=flat).rstrip())
 
 
+# -- costs ----------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--toml", "as_toml", is_flag=True, help="Print the costs as a TOML file to edit and pass to --costs.")
+@click.option("--costs", "costs_path", metavar="FILE", help="Show the costs this TOML file gives instead.")
+def costs(as_toml: bool, costs_path: str | None) -> None:
+    """The cost model: every cost in virtual ns, with its source."""
+    from .costs import COST_SOURCES, CostModel
+
+    c = CostModel.from_toml(costs_path) if costs_path else CostModel()
+    d = c.to_dict()
+    handlers = d.pop("handler_ns")
+    if as_toml:
+        for k, v in d.items():
+            click.echo(f"{k} = {v}  # {COST_SOURCES[k]}")
+        click.echo("\n[handler_ns]  # " + COST_SOURCES["handler_ns"])
+        for k, v in sorted(handlers.items()):
+            click.echo(f'"{k}" = {v}')
+        return
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        click.echo(f"{k:<{width}}  {v:>7,} ns  {COST_SOURCES[k]}")
+    click.echo(f"handler_ns ({COST_SOURCES['handler_ns']}):")
+    for k, v in sorted(handlers.items()):
+        click.echo(f"  {k:<{width - 2}}  {v:>7,} ns")
+
+
 # -- demo -------------------------------------------------------------------------------------------------
 
 @cli.command()

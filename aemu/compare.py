@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .config import SERIES, MachineConfig
+from .costs import CostModel
 from .devices.base import PATCHES
 from .machine import DEFAULT_CAP_NS, simulate
 from .errors import ConfigError
@@ -120,7 +121,8 @@ def format_comparison(c: Comparison) -> str:
     w0 = max(len(r[0]) for r in rows)
     w = max(22, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
     out = [f"aemu compare: {b0.config.qemu_args()} (boot); hpet-bench with hpet=on",
-           f"virtual time; costs: the cost model's defaults (aemu costs); BQL hand-off: {b0.config.lock_policy}",
+           f"virtual time; costs: {'the defaults' if b0.config.costs == CostModel() else 'from --costs'} "
+           f"(see `aemu costs`); BQL hand-off: {b0.config.lock_policy}",
            "", f"{'':<{w0}}  {'before':>{w}}  {'after':>{w}}"]
     out += [f"{n:<{w0}}  {x:>{w}}  {y:>{w}}" for n, x, y in rows]
     abl = [(k.removeprefix("after -"), c.boot[k], c.bench[k]) for k in c.boot if k.startswith("after -")]

@@ -82,3 +82,13 @@ def test_replay_command(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  
     bad.write_text("garbage\n")
     assert main(["replay", str(bad)]) == 2
     assert "bad.trace:1:" in capsys.readouterr().err
+
+
+def test_costs_command_round_trips_through_toml(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert main(["costs"]) == 0
+    assert "bql_handoff_ns" in capsys.readouterr().out
+    assert main(["costs", "--toml"]) == 0
+    toml = tmp_path / "c.toml"
+    toml.write_text(capsys.readouterr().out.replace("bql_handoff_ns = 5000", "bql_handoff_ns = 7000"))
+    assert main(["costs", "--costs", str(toml)]) == 0
+    assert "7,000 ns" in capsys.readouterr().out
