@@ -55,6 +55,14 @@ def _out_file(path: str | None, what: str) -> Path | None:
         raise click.UsageError(f"{what} {path!r}: directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise click.UsageError(f"{what} {path!r} is not writable")
+    existed = p.exists()
+    try:  # probe now, not after a long run
+        with open(p, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise click.UsageError(f"{what} {path!r}: cannot write it ({e.strerror})") from None
+    if not existed:
+        p.unlink(missing_ok=True)
     return p
 
 
@@ -78,7 +86,10 @@ def _out_dir(path: str | None) -> Path | None:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise click.UsageError(f"--json {str(path)!r}: cannot write it ({e.strerror})") from None
 
 
 def _write_outputs(result: Any, json_file: Path | None, tracer: Any, timeline_file: Path | None) -> None:

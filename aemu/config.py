@@ -61,7 +61,7 @@ class SMP:
                 n = int(val)
             except ValueError:
                 raise ConfigError(f"-smp: parameter {key!r} expects a number, got {val!r}") from None
-            if n < 0 or (n == 0 and key != "cpus"):
+            if n <= 0:
                 raise ConfigError(f"-smp: {key}={n} is not allowed; use a positive number")
             vals[key] = n
         return cls.complete(**vals)

@@ -92,3 +92,18 @@ def test_costs_command_round_trips_through_toml(capsys: pytest.CaptureFixture[st
     toml.write_text(capsys.readouterr().out.replace("bql_handoff_ns = 5000", "bql_handoff_ns = 7000"))
     assert main(["costs", "--costs", str(toml)]) == 0
     assert "7,000 ns" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sweep", "--smp", "1", "--json", "/proc/aemu-test.json"], "cannot write it"),
+    (["run", "--json", "/nonexistent-dir/x.json"], "does not exist"),
+    (["run", "--plot", "/etc/passwd"], "is not a directory"),
+    (["run", "--duration", "-5ms"], "--duration: expected a time"),
+    (["compare", "-smp", "0"], "cpus=0 is not allowed"),
+    (["sweep", "--smp", "1,x"], "'x' is not a vCPU count"),
+    (["run", "--workload", "idle"], "give --duration"),
+])
+def test_bad_output_paths_and_options_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
