@@ -226,12 +226,14 @@ class VCPU:
         send: Any = None
         costs = m.costs
         compute_types = Compute
+        irqchip_in_qemu = m.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
         try:
             while True:
                 if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
                     await m.wait_resumed(self)
                 t0 = self._local()
-                await self.pre_run()
+                if irqchip_in_qemu and (self.interrupt_request or not m.patch("irqchip-pre-run")):
+                    await self.pre_run()  # else (patch 6/6, nothing pending) it has nothing to do
                 if self.kvm_pending and self.if_flag:
                     await self._take_injected()
                 tg = self._local()
@@ -262,6 +264,27 @@ class VCPU:
                     self.exits["shutdown"] += 1
                     program.close()
                     break
+                cls = ex.__class__
+                if cls is MMIORead or cls is PIORead:
+                    # fast path: a read that needs no lock and no await (lockless region with a
+                    # no-await handler, RAM, errors) completes here, without a coroutine
+                    mmio = cls is MMIORead
+                    exit_ns = costs.mmio_exit_ns if mmio else costs.pio_exit_ns
+                    t0 = self._local()
+                    k.offset_ns += exit_ns
+                    space = m.memory if mmio else m.io
+                    addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
+                    r = space.read_nowait(addr, ex.size)  # type: ignore[union-attr]
+                    if r is not None:
+                        kind = "mmio" if mmio else "pio"
+                        self.exits[kind] += 1
+                        self.current_exit = kind
+                        send = r[0]
+                        self._account_access(space, addr, t0)
+                        if k.offset_ns > k.quantum_ns:
+                            await k.sync()
+                        continue
+                    k.offset_ns -= exit_ns  # not taken: the full path charges the exit itself
                 send = await self.handle(ex, costs)
                 if m.kernel_irqchip == "off":
                     await self.post_run()

@@ -141,6 +141,10 @@ class MemoryRegionOps:
 
     read: ReadFn | None = None
     write: WriteFn | None = None
+    #: Optional plain-function fast path for a coroutine ``read`` on a lockless region:
+    #: ``read_nowait(offset, size)`` returns the value, or None to take the coroutine path.
+    #: Lets a device serve some registers with no await (the HPET counter, the PM timer).
+    read_nowait: Callable[[int, int], int | None] | None = None
     valid_min: int = 1
     valid_max: int = 4
     valid_unaligned: bool = False
@@ -844,7 +848,14 @@ class AddressSpace:
             if size not in ops._valid_sizes or (off & (size - 1) and not ops.valid_unaligned):
                 return self._invalid_access(mr, size)
             if ops.read_is_coroutine:
-                return None
+                fast = ops.read_nowait
+                if fast is None or not mr.lockless_io or size not in ops._impl_sizes:
+                    return None
+                v = fast(off, size)
+                if v is None:
+                    return None
+                mr.reads += 1
+                return v & _MASK[size], _OK
             # prepare_mmio_access, without waiting: a free BQL is taken as acquire() would take it
             if mr.lockless_io or bql_locked():
                 if mr.flush_coalesced_mmio:

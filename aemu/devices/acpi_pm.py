@@ -45,7 +45,8 @@ class ACPIPMTimer(Device):
         self.container = MemoryRegion.container(container_name, size, owner=self)
         self.evt = self.region_io("acpi-evt", 4, self._evt_read, self._evt_write, valid_min=1, valid_max=4)
         self.cnt = self.region_io("acpi-cnt", 2, self._cnt_read, self._cnt_write, valid_min=1, valid_max=2)
-        self.tmr = self.region_io("acpi-tmr", 4, self._tmr_read, None, valid_min=1, valid_max=4)
+        self.tmr = self.region_io("acpi-tmr", 4, self._tmr_read, None, valid_min=1, valid_max=4,
+                                  read_nowait=self._tmr_read_nowait)
         self.container.add_subregion(0, self.evt)
         self.container.add_subregion(4, self.cnt)
         self.container.add_subregion(8, self.tmr)
@@ -63,6 +64,13 @@ class ACPIPMTimer(Device):
     def value(self) -> int:
         """``acpi_pm_tmr_get``: the 24-bit counter as the calling vCPU sees it."""
         return pm_timer_ticks(self.host.now_ns()) & 0xFFFFFF
+
+    def _tmr_read_nowait(self, offset: int, size: int) -> int | None:
+        """The lockless read (patch 2/6) without an await, or None for the full path."""
+        if not self.tmr.lockless_io or not self.host.charge_nowait(self._cost):
+            return None
+        self.reads += 1
+        return self.value() >> (8 * offset)
 
     async def _tmr_read(self, offset: int, size: int) -> int:
         await self.host.delay(self._cost)

@@ -94,6 +94,17 @@ class DeviceHost:
         return k.delay(ns)
 
     @staticmethod
+    def charge_nowait(ns: int) -> bool:
+        """Spend ``ns`` of work without awaiting, if the caller may run ahead (a vCPU holding no
+        lock): its keeper's offset grows and the vCPU syncs at its next synchronisation point.
+        False (nothing charged) otherwise: use ``await delay(ns)``."""
+        k = current_keeper()
+        if k is None or k.locks_held:
+            return False
+        k.offset_ns += ns
+        return True
+
+    @staticmethod
     def keeper() -> QuantumKeeper | None:
         """The calling task's quantum keeper, if it runs ahead of global time."""
         return current_keeper()

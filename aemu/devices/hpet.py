@@ -262,6 +262,7 @@ class HPETState(Device):
         self._cost = host.costs.handler("hpet")
         self.timers = [HPETTimer(self, n) for n in range(num_timers)]
         self.iomem = self.region_io("hpet", HPET_LEN, self._ram_read, self._ram_write,
+                                    read_nowait=self._ram_read_nowait,
                                     valid_min=4, valid_max=8, impl_min=4, impl_max=8)
         self.map_mmio(base, self.iomem)
         self._reset_registers()
@@ -331,6 +332,21 @@ class HPETState(Device):
         return seq.read(self.counter_value)
 
     # -- MMIO handlers (hpet_ram_read / hpet_ram_write) --------------------------------------------
+    def _ram_read_nowait(self, addr: int, size: int) -> int | None:
+        """The lockless counter read without an await (patch 5/6), or None for the full path."""
+        if addr & ~4 != HPET_COUNTER:
+            return None
+        host = self.host
+        seq = self.state_version
+        if not host.patch("hpet-counter-lockless") or seq.sequence & 1 or not host.charge_nowait(self._cost):
+            return None
+        self.reads += 1
+        self.counter_reads += 1
+        version = seq.read_begin()
+        tick = self.counter_value()
+        seq.read_retry(version)  # nothing ran in between: no writer can have moved it
+        return tick >> ((addr & 4) * 8)
+
     async def _ram_read(self, addr: int, size: int) -> int:
         host = self.host
         self.reads += 1
