@@ -28,6 +28,7 @@ import asyncio
 import enum
 import heapq
 import selectors
+import threading
 import sys
 import time
 import weakref
@@ -482,8 +483,21 @@ class QuantumKeeper:
                 f"locks_held={self.locks_held}>")
 
 
+class _Running(threading.local):
+    #: The keeper of a vCPU inside a synchronous stretch (no await until it is reset to None), so
+    #: device code it calls finds it without looking up the current task. Per thread: several
+    #: simulations may run in threads at once.
+    keeper: QuantumKeeper | None = None
+
+
+_running = _Running()
+
+
 def current_keeper() -> QuantumKeeper | None:
     """The running task's QuantumKeeper, if it has one."""
+    k = _running.keeper
+    if k is not None:
+        return k
     if not _keepers:
         return None
     return _keepers.get(asyncio.current_task())
@@ -492,6 +506,9 @@ def current_keeper() -> QuantumKeeper | None:
 def local_now_ns() -> int:
     """Virtual time as the running task sees it: global time plus its keeper's offset, if any."""
     now = now_ns()
+    k = _running.keeper
+    if k is not None:
+        return now + k.offset_ns
     if _keepers:
         k = _keepers.get(asyncio.current_task())
         if k is not None:

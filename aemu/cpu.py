@@ -227,6 +227,7 @@ class VCPU:
         costs = m.costs
         compute_types = Compute
         irqchip_in_qemu = m.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
+        running = clock._running
         try:
             while True:
                 if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
@@ -274,7 +275,11 @@ class VCPU:
                     k.offset_ns += exit_ns
                     space = m.memory if mmio else m.io
                     addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
-                    r = space.read_nowait(addr, ex.size)  # type: ignore[union-attr]
+                    running.keeper = k  # a synchronous stretch: device code finds the keeper directly
+                    try:
+                        r = space.read_nowait(addr, ex.size)  # type: ignore[union-attr]
+                    finally:
+                        running.keeper = None
                     if r is not None:
                         kind = "mmio" if mmio else "pio"
                         self.exits[kind] += 1

@@ -147,3 +147,24 @@ def test_mmio_read_unassigned_is_a_result_not_a_crash() -> None:
 
     m = clock.run(simulate_machine(MachineConfig.parse(f"-smp 1 {SPLIT}"), Probe()))
     assert m.workload.metric(m).value == 0xFFFFFFFF and m.memory.decode_errors == 1
+
+
+def test_simulations_in_threads_at_once_match_a_lone_run() -> None:
+    import threading
+
+    args = f"-M q35,hpet=on -smp 8 {SPLIT} --workload boot --param phases=1 --series before"
+    alone = run(args).to_dict()
+    alone.pop("wall_s")
+    docs: list[dict] = []  # type: ignore[type-arg]
+
+    def worker() -> None:
+        d = run(args).to_dict()
+        d.pop("wall_s")
+        docs.append(d)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(docs) == 3 and all(d == alone for d in docs)
