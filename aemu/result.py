@@ -107,6 +107,8 @@ class Result:
     bql_utilisation_bin_ns: int = 0
     #: True when the run was interrupted (Ctrl-C): the figures cover the part that ran.
     interrupted: bool = False
+    #: True for a workload that runs until stopped (``idle``): ending at --duration is its normal end.
+    open_ended: bool = False
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -134,7 +136,8 @@ class Result:
         util = m.bql_utilisation
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
                    locks, tuple(vcpus), regions, counts, serial,
-                   tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns, m.interrupted)
+                   tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns, m.interrupted,
+                   m.workload.open_ended)
 
     def regions_by_name(self) -> dict[str, RegionLatency]:
         """Region latency summaries keyed by region name."""

@@ -98,6 +98,8 @@ def _status(result: Result) -> str:
         return f"interrupted at {_ms(result.virtual_ns)} ms: the figures cover the part that ran"
     if result.finished:
         return "finished"
+    if result.open_ended:
+        return f"ran for {_ms(result.virtual_ns)} ms (--duration; the workload runs until stopped)"
     return f"cap hit: did not finish in {_ms(cap_ns)} ms ({done} of {len(result.vcpus)} vCPUs finished)"
 
 
@@ -107,7 +109,7 @@ def _summary(result: Result) -> _Fields:
                                if cfg.workload_params else "")
     m = result.metric
     metric = f"{m.name}: {_number(m.value)}{' ' + m.unit if m.unit else ''}"
-    if not result.finished:
+    if not result.finished and not result.open_ended:
         metric += " (did not finish)"
     return _Fields("aemu run", (
         ("machine", cfg.qemu_args()),
