@@ -61,6 +61,11 @@ T = TypeVar("T")
 NS_PER_S = 1_000_000_000
 _get_running_loop = events._get_running_loop  # C accelerated, no error when none is running
 _TimerHandle = events.TimerHandle
+_Handle = events.Handle
+_Future = asyncio.Future
+
+#: Sleeps that may skip their loop turn in a row (see :func:`sleep_ns`) before the loop gets one.
+_SKIP_BUDGET = 64
 
 
 class QEMUClockType(enum.IntEnum):
@@ -103,13 +108,18 @@ class _VirtualSelector(selectors.BaseSelector):
     def __init__(self) -> None:
         self._real = selectors.DefaultSelector()
         self.loop: VirtualTimeLoop | None = None
+        self._registered = 0  # file objects watched (the loop's self-pipe is one)
 
     # -- delegation ------------------------------------------------------------------------
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
+        key = self._real.register(fileobj, events, data)
+        self._registered += 1
+        return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
+        key = self._real.unregister(fileobj)
+        self._registered -= 1
+        return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.modify(fileobj, events, data)
@@ -125,7 +135,7 @@ class _VirtualSelector(selectors.BaseSelector):
         loop = self.loop
         assert loop is not None
         real = self._real
-        external = len(real.get_map()) > 1 or loop._executor_jobs > 0  # >1: the self-pipe
+        external = self._registered > 1 or loop._executor_jobs > 0  # >1: the self-pipe
         if timeout is not None:  # callbacks are ready (or the loop is stopping): just poll
             return real.select(0) if external else []
         if loop.paused:  # stopped (the monitor's ``stop``): no virtual time passes, serve real I/O
@@ -169,11 +179,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._pace = pace
         self._pace_origin: tuple[int, float] | None = None
         self.timers_fired = 0
-        #: True while virtual time is held (``stop`` from aemu.monitor): only real I/O is served.
-        self.paused = False
+        #: Sleeps completed without a loop turn because nothing else could run before they end.
+        self.fast_forwards = 0
+        self._skips = _SKIP_BUDGET
+        self._fast_forward = pace is None  # never while paced or paused (time must not run)
+        self._paused = False
         super().__init__(selector)
         selector.loop = self
         self._clock_resolution = 1e-9
+        self._done: asyncio.Future[None] = _Future(loop=self)  # what a fast-forwarded sleep returns
+        self._done.set_result(None)
 
     # -- clock -------------------------------------------------------------------------------
     def time(self) -> float:
@@ -182,6 +197,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def now_ns(self) -> int:
         """Virtual time in integer nanoseconds."""
         return self._now_ns
+
+    @property
+    def paused(self) -> bool:
+        """True while virtual time is held (``stop`` from aemu.monitor): only real I/O is served."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._paused = bool(value)
+        self._fast_forward = self._pace is None and not self._paused
 
     @property
     def pace(self) -> float | None:
@@ -194,6 +219,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise ValueError(f"pace must be a positive number, got {value!r}")
         self._pace = value
         self._pace_origin = None
+        self._fast_forward = value is None and not self._paused
 
     # -- timers ------------------------------------------------------------------------------
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
@@ -214,6 +240,39 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._seq = seq = self._seq + 1
         heapq.heappush(self._timers, (when_ns, seq, handle))
         return handle
+
+    # -- the loop step -----------------------------------------------------------------------
+    def call_soon(self, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
+                  context: Any = None) -> asyncio.Handle:
+        """asyncio's ``call_soon`` without the per-call debug checks (every task wake-up comes here)."""
+        if self._debug or self._closed:  # type: ignore[attr-defined]
+            return super().call_soon(callback, *args, context=context)
+        handle = _Handle(callback, args, self, context)
+        self._ready.append(handle)  # type: ignore[attr-defined]
+        return handle
+
+    def _run_once(self) -> None:
+        """One loop iteration, lean: poll/advance through the selector, then run what is ready.
+
+        Same order as asyncio's: the callbacks ready at the start of the iteration run, in FIFO
+        order; those they schedule run in the next one. asyncio's own version also manages its
+        ``TimerHandle`` heap, which this loop never uses (all timers are in ``_timers``).
+        """
+        self._skips = _SKIP_BUDGET
+        if self._debug:
+            return super()._run_once()  # type: ignore[misc,no-any-return]
+        ready = self._ready  # type: ignore[attr-defined]
+        events_ = self._selector.select(0 if ready or self._stopping else None)  # type: ignore[attr-defined]
+        if events_:
+            self._process_events(events_)  # type: ignore[attr-defined]
+        ntodo = len(ready)
+        popleft = ready.popleft
+        while ntodo:
+            ntodo -= 1
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+        return None
 
     def resolve_at_ns(self, when_ns: int, fut: asyncio.Future[Any]) -> None:
         """Set ``fut``'s result to None at virtual time ``when_ns`` unless it is done by then."""
@@ -392,9 +451,21 @@ def sleep_ns(ns: int) -> Awaitable[None]:
         raise ValueError(f"sleep_ns needs a duration >= 0, got {ns}")
     loop = _get_running_loop()
     if loop.__class__ is VirtualTimeLoop or isinstance(loop, VirtualTimeLoop):
-        fut = loop.create_future()
+        when = loop._now_ns + ns
+        timers = loop._timers
+        if (loop._skips and not loop._ready and (not timers or timers[0][0] > when)
+                and loop._fast_forward):
+            # Nothing else can run before ``when``: nothing is ready now and the next timer is
+            # later. Suspending would only make the loop jump to ``when`` and resume this task,
+            # so jump here and go on (same schedule, no loop turn). ``_skips`` bounds how many
+            # jumps happen in a row before the loop gets a turn (real I/O, other threads).
+            loop._skips -= 1
+            loop._now_ns = when
+            loop.fast_forwards += 1
+            return loop._done
+        fut = _Future(loop=loop)
         loop._seq = seq = loop._seq + 1
-        heapq.heappush(loop._timers, (loop._now_ns + ns, seq, fut))
+        heapq.heappush(timers, (when, seq, fut))
         return fut
     if loop is None:
         raise RuntimeError("aemu.clock.sleep_ns() needs a running event loop (use aemu.clock.run)")
