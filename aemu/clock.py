@@ -259,7 +259,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         ``TimerHandle`` heap, which this loop never uses (all timers are in ``_timers``).
         """
         self._skips = _SKIP_BUDGET
-        if self._debug:
+        if self._debug:  # type: ignore[attr-defined]
             return super()._run_once()  # type: ignore[misc,no-any-return]
         ready = self._ready  # type: ignore[attr-defined]
         events_ = self._selector.select(0 if ready or self._stopping else None)  # type: ignore[attr-defined]
@@ -453,8 +453,8 @@ def sleep_ns(ns: int) -> Awaitable[None]:
     if loop.__class__ is VirtualTimeLoop or isinstance(loop, VirtualTimeLoop):
         when = loop._now_ns + ns
         timers = loop._timers
-        if (loop._skips and not loop._ready and (not timers or timers[0][0] > when)
-                and loop._fast_forward):
+        ready = loop._ready  # type: ignore[attr-defined]
+        if loop._skips and not ready and (not timers or timers[0][0] > when) and loop._fast_forward:
             # Nothing else can run before ``when``: nothing is ready now and the next timer is
             # later. Suspending would only make the loop jump to ``when`` and resume this task,
             # so jump here and go on (same schedule, no loop turn). ``_skips`` bounds how many
@@ -463,7 +463,7 @@ def sleep_ns(ns: int) -> Awaitable[None]:
             loop._now_ns = when
             loop.fast_forwards += 1
             return loop._done
-        fut = _Future(loop=loop)
+        fut: asyncio.Future[None] = _Future(loop=loop)
         loop._seq = seq = loop._seq + 1
         heapq.heappush(timers, (when, seq, fut))
         return fut
