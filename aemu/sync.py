@@ -21,7 +21,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, NoReturn, TypeVar
@@ -338,10 +338,13 @@ class _Samples:
         return result
 
 
+_UNCOUNTED = _Account()  # placeholder rows of a waiter not counted yet (never read)
+
+
 class _Waiter:
     """A task blocked in :meth:`Lock.acquire` (allocated on the contended path only)."""
 
-    __slots__ = ("task", "site", "start", "holder_site", "fut", "handle", "queued")
+    __slots__ = ("task", "site", "start", "holder_site", "fut", "handle", "queued", "acc", "tacc")
 
     def __init__(self, task: Task, site: str, start: int, holder_site: str) -> None:
         self.task = task
@@ -351,6 +354,23 @@ class _Waiter:
         self.fut: asyncio.Future[None] | None = None
         self.handle: asyncio.TimerHandle | None = None
         self.queued = True
+        self.acc = self.tacc = _UNCOUNTED  # its site's and task's rows, set when it is counted
+
+
+def _no_loop_future() -> asyncio.Future[None]:
+    raise RuntimeError("a Lock makes futures only after its first acquisition on a loop")
+
+
+class _Done:
+    """Awaitable that completes at once (what acquire returns before a lock knows its loop)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE: Any = _Done()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -373,14 +393,17 @@ class _Held:
         self._lock = lock
         self._site = site
 
-    # Plain coroutines: cheaper here than returning a ready-made awaitable.
-    async def __aenter__(self) -> None:
+    # Plain functions returning an awaitable: no coroutine object unless the lock is contended.
+    def __aenter__(self) -> Awaitable[None]:
         lock = self._lock
-        if not lock.try_acquire(self._site):
-            await lock._acquire_contended(self._site)
+        if lock.try_acquire(self._site):
+            return lock._done
+        return lock._acquire_contended(self._site)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
+    def __aexit__(self, *exc_info: object) -> Awaitable[None]:
+        lock = self._lock
+        lock.release()
+        return lock._done  # its result (None) lets the exception, if any, propagate
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -446,6 +469,7 @@ class Lock:
         "_acquisitions", "_contentions", "_contended", "_cancelled", "_handoffs", "_barges",
         "_requeues", "_sites", "_tasks", "_holder_sites", "_wait_raw", "_hold_raw",
         "_waits", "_holds", "_zeros_folded", "_window_start", "_last_ns", "_loop", "_clock", "_resolve_at",
+        "_done", "_new_future",
         "tracer", "utilisation", "__weakref__",
     )
 
@@ -478,6 +502,8 @@ class Lock:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop this lock last ran on
         self._clock: Callable[[], int] = now_ns  # that loop's virtual time in ns
         self._resolve_at: Callable[[int, asyncio.Future[None]], asyncio.TimerHandle | None] = _resolve_at
+        self._done: asyncio.Future[None] = _DONE  # a completed future of the loop (what a free acquire returns)
+        self._new_future: Callable[[], asyncio.Future[None]] = _no_loop_future
         self._last_ns = 0
         #: An aemu.trace.Tracer to receive wait/hold spans, or None (the default: no cost).
         self.tracer: Any = None
@@ -554,14 +580,17 @@ class Lock:
             _bql_enter(task, self._loop)
         return True
 
-    async def acquire(self, site: str = "unknown") -> None:
-        """Take the lock, waiting if another task holds it; ``site`` names the call site in reports.
+    def acquire(self, site: str = "unknown") -> Awaitable[None]:
+        """``await lock.acquire(site)``: take the lock, waiting if another task holds it; ``site``
+        names the call site in reports.
 
         A task with a :class:`~aemu.clock.QuantumKeeper` first syncs its local time (a lock is a
-        synchronisation point).
+        synchronisation point). A free lock is taken at the call (no coroutine is made); the
+        returned awaitable then completes at once.
         """
-        if not self.try_acquire(site):
-            await self._acquire_contended(site)
+        if self.try_acquire(site):
+            return self._done
+        return self._acquire_contended(site)
 
     def release(self) -> None:
         """Release the lock; the owner only. Hands it over or wakes a waiter if tasks wait."""
@@ -694,9 +723,10 @@ class Lock:
         self._count_contention(w)
         self._pending[task] = w
         self._queue.append(w)
+        new_future = self._new_future
         try:
             while True:
-                fut = w.fut = loop.create_future()
+                fut = w.fut = new_future()
                 await fut
                 w.handle = None
                 if self._owner is None:  # barging: the lock is still free when we arrive
@@ -725,12 +755,12 @@ class Lock:
         self._wait_raw.append(wait)
         if self.tracer is not None:
             self.tracer.span(task.get_name(), f"wait {self.name} ({site})", w.start, now)
-        acc = self._owner_acc = self._site_acc(site)
+        acc = self._owner_acc = w.acc
         acc.acquisitions += 1
         acc.wait_total += wait
         if wait > acc.wait_max:
             acc.wait_max = wait
-        acc = self._owner_tacc = self._task_acc(task.get_name())
+        acc = self._owner_tacc = w.tacc
         acc.acquisitions += 1
         acc.wait_total += wait
         if wait > acc.wait_max:
@@ -741,9 +771,12 @@ class Lock:
             self._fold()
 
     def _count_contention(self, w: _Waiter) -> None:
+        """Count ``w`` as a contention of the current window (and cache its account rows)."""
         self._contentions += 1
-        self._site_acc(w.site).contentions += 1
-        self._task_acc(w.task.get_name()).contentions += 1
+        acc = w.acc = self._site_acc(w.site)
+        acc.contentions += 1
+        acc = w.tacc = self._task_acc(w.task.get_name())
+        acc.contentions += 1
         hs = self._holder_sites
         hs[w.holder_site] = hs.get(w.holder_site, 0) + 1
 
@@ -771,8 +804,8 @@ class Lock:
         task = w.task
         self._pending.pop(task, None)
         self._cancelled += 1
-        self._site_acc(w.site).cancelled_waits += 1
-        self._task_acc(task.get_name()).cancelled_waits += 1
+        w.acc.cancelled_waits += 1
+        w.tacc.cancelled_waits += 1
         if w.handle is not None:
             w.handle.cancel()
             w.handle = None
@@ -799,12 +832,16 @@ class Lock:
             raise RuntimeError(f"Lock {self.name!r} must be acquired from inside an asyncio task, "
                                f"not from a plain callback")
         self._loop = loop
+        self._new_future = functools.partial(asyncio.Future, loop=loop)
         if isinstance(loop, VirtualTimeLoop):
             self._clock = loop.now_ns
             self._resolve_at = loop.resolve_at_ns  # no handle: a cancelled wakee's future is skipped
+            self._done = loop._done
         else:
             self._clock = functools.partial(_real_time_ns, loop)
             self._resolve_at = _resolve_at
+            self._done = done = loop.create_future()
+            done.set_result(None)
         return task
 
     def _now(self) -> int:

@@ -441,9 +441,14 @@ class TestHostile:
                         r.close()
 
                 await in_thread(hit_and_run)
-                await asyncio.sleep(0.1)
                 c = await connect(server)
-                assert (await c.execute("query-status"))["status"] == "paused"
+                # the last client's "stop" is served when the server reads it: wait for that
+                for _ in range(200):
+                    status = (await c.execute("query-status"))["status"]
+                    if status == "paused":
+                        break
+                    await asyncio.sleep(0.025)
+                assert status == "paused"
                 await c.execute("cont")
                 assert (await c.execute("query-status"))["running"] is True
                 await close(c)
