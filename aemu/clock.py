@@ -521,16 +521,22 @@ class QuantumKeeper:
     the offset passes ``quantum_ns``. Invariant: a task with a keeper never yields to the loop
     with a non-zero offset, so whoever runs next sees a consistent global time.
 
-    While the task holds a lock, time cannot be run ahead (the hold would end early in global
-    time): :meth:`advance` asks for a sync on every call then. ``quantum_ns=0`` is exact lockstep.
+    While the task holds a lock, by default time is not run ahead: :meth:`advance` asks for a
+    sync on every call, so the critical section happens at global time (device code under the BQL
+    raises interrupts and kicks vCPUs, which others observe at once). With ``hold_ahead=True``
+    the holder runs ahead too, within the quantum: the lock records the release at the holder's
+    local time and grants later requests from it (:class:`aemu.sync.Lock`), so waits stay exact;
+    for tasks whose critical sections nobody observes except through the lock itself.
+    ``quantum_ns=0`` is exact lockstep.
     """
 
-    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task")
+    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead")
 
-    def __init__(self, quantum_ns: int = 0) -> None:
+    def __init__(self, quantum_ns: int = 0, *, hold_ahead: bool = False) -> None:
         if isinstance(quantum_ns, bool) or not isinstance(quantum_ns, int) or quantum_ns < 0:
             raise ValueError(f"quantum must be an integer number of nanoseconds >= 0, got {quantum_ns!r}")
         self.quantum_ns = quantum_ns
+        self.hold_ahead = bool(hold_ahead)
         self.offset_ns = 0
         self.locks_held = 0
         self.syncs = 0
@@ -554,7 +560,7 @@ class QuantumKeeper:
     def advance(self, ns: int) -> bool:
         """Add ``ns`` of local time; True when the caller must ``await sync()`` now."""
         self.offset_ns += ns
-        return self.locks_held > 0 or self.offset_ns > self.quantum_ns
+        return (self.locks_held > 0 and not self.hold_ahead) or self.offset_ns > self.quantum_ns
 
     def sync(self) -> Awaitable[None]:
         """Sleep the local offset so global time catches up with this task's local time."""

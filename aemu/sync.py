@@ -28,7 +28,8 @@ from typing import Any, NoReturn, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
-from .clock import NS_PER_S, _keepers, VirtualTimeLoop, call_at_ns, now_ns, register_wait_source
+from .clock import (NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
+                    register_wait_source, sleep_ns)
 from .errors import ConfigError
 
 __all__ = [
@@ -469,6 +470,7 @@ class Lock:
         "_acquisitions", "_contentions", "_contended", "_cancelled", "_handoffs", "_barges",
         "_requeues", "_sites", "_tasks", "_holder_sites", "_wait_raw", "_hold_raw",
         "_waits", "_holds", "_zeros_folded", "_window_start", "_last_ns", "_loop", "_clock", "_resolve_at",
+        "_free_at", "_last_site",
         "_done", "_new_future",
         "tracer", "utilisation", "__weakref__",
     )
@@ -505,6 +507,11 @@ class Lock:
         self._done: asyncio.Future[None] = _DONE  # a completed future of the loop (what a free acquire returns)
         self._new_future: Callable[[], asyncio.Future[None]] = _no_loop_future
         self._last_ns = 0
+        # Virtual time of the latest release as the releaser saw it, and its site. A holder that
+        # runs ahead of global time (QuantumKeeper(hold_ahead=True)) releases "in the future":
+        # until global time gets there the lock is still held, and a request is granted from it.
+        self._free_at = 0
+        self._last_site = "unknown"
         #: An aemu.trace.Tracer to receive wait/hold spans, or None (the default: no cost).
         self.tracer: Any = None
         #: An aemu.trace.Utilisation to receive busy intervals (owned, hand-off windows included), or None.
@@ -552,13 +559,15 @@ class Lock:
             if self._owner is task:
                 self._raise_recursive()
             return False
+        now = self._clock()
+        if self._free_at > now:  # released ahead of global time by a holder running ahead
+            return False
         if _keepers:  # a task running ahead of global time must sync before taking a lock
             k = _keepers.get(task)
             if k is not None:
                 if k.offset_ns:
                     return False
                 k.locks_held += 1
-        now = self._clock()
         self._owner = task
         self._owner_site = site
         self._owner_since = self._hold_start = now
@@ -598,7 +607,13 @@ class Lock:
         if self._owner is not task or task is None:
             self._raise_bad_release()
         now = self._clock()
-        self._last_ns = now
+        if _keepers:
+            k = _keepers.get(task)
+            if k is not None:
+                k.locks_held -= 1
+                now += k.offset_ns  # the hold ends at the holder's local time
+        self._last_ns = self._free_at = now
+        self._last_site = self._owner_site or "unknown"
         hold = now - self._hold_start
         self._hold_raw.append(hold)
         if self.utilisation is not None:  # busy: from the hand-off (or acquisition) to release
@@ -616,10 +631,6 @@ class Lock:
         acc.hold_total += hold
         if self.bql:
             _bql_release(task)
-        if _keepers:
-            k = _keepers.get(task)
-            if k is not None:
-                k.locks_held -= 1
         if self._queue:
             self._pass_on(now)
         else:
@@ -713,13 +724,23 @@ class Lock:
         loop = self._loop
         task = _task_of(loop)
         assert loop is not None and task is not None  # try_acquire bound them
-        if _keepers:  # running ahead of global time: sync first (a lock is a sync point)
-            k = _keepers.get(task)
-            if k is not None and k.offset_ns:
-                await k.sync()
-                if self.try_acquire(site):
-                    return
-        w = _Waiter(task, site, self._clock(), self._owner_site or "unknown")
+        k = _keepers.get(task) if _keepers else None
+        if k is not None and k.offset_ns:  # running ahead of global time: sync first (a lock is a sync point)
+            await k.sync()
+            if self._free_at <= self._clock() and self.try_acquire(site):
+                return
+        now = self._clock()
+        if self._owner is None and self._free_at > now:
+            # Released ahead of global time by a holder running ahead: this request comes
+            # before that release in virtual time, so it is granted from it (a fifo hand-off
+            # to the waiter it would have been), without queueing.
+            if (k is not None and k.hold_ahead
+                    and self._free_at + self.handoff_ns - now <= k.quantum_ns):
+                self._take_ahead(task, k, site, now)  # runs ahead to the grant: no await at all
+            else:
+                await self._acquire_granted(task, k, site, now)
+            return
+        w = _Waiter(task, site, now, self._owner_site or "unknown")
         self._count_contention(w)
         self._pending[task] = w
         self._queue.append(w)
@@ -742,12 +763,86 @@ class Lock:
         except BaseException:
             self._abandon(w)
             raise
+        self._granted(task, k, w)
+
+    async def _acquire_granted(self, task: Task, k: QuantumKeeper | None, site: str, now: int) -> None:
+        """Take a lock released at ``_free_at`` > now: own it through the hand-off window, then
+        run at ``_free_at + handoff_ns`` (a keeper task runs ahead to it if its quantum allows)."""
+        w = _Waiter(task, site, now, self._last_site)
+        w.queued = False
+        self._count_contention(w)
+        self._pending[task] = w
+        self._owner = task
+        self._owner_site = site
+        self._owner_since = self._free_at
+        self._hold_start = -1
+        self._handoffs += 1
+        grant = self._free_at + self.handoff_ns
+        try:
+            if k is not None and k.hold_ahead:
+                k.offset_ns += grant - now
+                if k.offset_ns > k.quantum_ns:
+                    await k.sync()
+            else:
+                await sleep_ns(grant - now)
+        except BaseException:
+            self._abandon(w)
+            raise
+        self._granted(task, k, w)
+
+    def _take_ahead(self, task: Task, k: QuantumKeeper, site: str, now: int) -> None:
+        """``_acquire_granted`` for a task that may run ahead to the grant: one step, no await."""
+        free_at = self._free_at
+        grant = free_at + self.handoff_ns
+        wait = grant - now
+        k.offset_ns += wait
+        k.locks_held += 1
+        self._owner = task
+        self._owner_site = site
+        self._owner_since = free_at
+        self._hold_start = grant
+        self._acquisitions += 1
+        self._contentions += 1
+        self._contended += 1
+        self._handoffs += 1
+        self._wait_raw.append(wait)
+        hs = self._holder_sites
+        hs[self._last_site] = hs.get(self._last_site, 0) + 1
+        acc = self._sites.get(site)
+        if acc is None:
+            acc = self._sites[site] = _Account()
+        self._owner_acc = acc
+        acc.contentions += 1
+        acc.acquisitions += 1
+        acc.wait_total += wait
+        if wait > acc.wait_max:
+            acc.wait_max = wait
+        name = task.get_name()
+        acc = self._tasks.get(name)
+        if acc is None:
+            acc = self._tasks[name] = _Account()
+        self._owner_tacc = acc
+        acc.contentions += 1
+        acc.acquisitions += 1
+        acc.wait_total += wait
+        if wait > acc.wait_max:
+            acc.wait_max = wait
+        if self.tracer is not None:
+            self.tracer.span(name, f"wait {self.name} ({site})", now, grant)
+        if self.bql:
+            _bql_enter(task, self._loop)
+        if len(self._wait_raw) >= _FOLD_EVERY:
+            self._fold()
+
+    def _granted(self, task: Task, k: QuantumKeeper | None, w: _Waiter) -> None:
+        """A waiter runs holding the lock: its wait ends (at its local time) and is accounted."""
+        site = w.site
+        loop = self._loop
         del self._pending[task]
-        if _keepers:
-            k = _keepers.get(task)
-            if k is not None:
-                k.locks_held += 1
         now = self._clock()
+        if k is not None:
+            k.locks_held += 1
+            now += k.offset_ns
         wait = now - w.start
         self._hold_start = now
         self._acquisitions += 1
@@ -794,8 +889,9 @@ class Lock:
             self._owner = None
         fut = w.fut
         assert fut is not None
-        if self.handoff_ns:
-            w.handle = self._resolve_at(now + self.handoff_ns, fut)
+        when = now + self.handoff_ns  # ``now`` may be ahead of global time (a run-ahead release)
+        if when > self._clock():
+            w.handle = self._resolve_at(when, fut)
         elif not fut.done():
             fut.set_result(None)
 
@@ -831,6 +927,8 @@ class Lock:
         if task is None:
             raise RuntimeError(f"Lock {self.name!r} must be acquired from inside an asyncio task, "
                                f"not from a plain callback")
+        if loop is not self._loop:
+            self._free_at = 0  # a new loop (a new run): its clock starts over
         self._loop = loop
         self._new_future = functools.partial(asyncio.Future, loop=loop)
         if isinstance(loop, VirtualTimeLoop):

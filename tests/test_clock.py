@@ -182,6 +182,50 @@ class TestDeadlock:
             clock.run(main())
 
 
+class TestFastForward:
+    """A sleep that nothing can interleave with skips its loop turn; the schedule is unchanged."""
+
+    @staticmethod
+    def _log(loop: VirtualTimeLoop | None = None) -> tuple[list[tuple[int, str]], int]:
+        log: list[tuple[int, str]] = []
+
+        async def worker(name: str, gaps: list[int]) -> None:
+            for g in gaps:
+                await sleep_ns(g)
+                log.append((now_ns(), name))
+
+        async def main() -> int:
+            t = asyncio.get_running_loop()
+            asyncio.get_running_loop().call_at(250e-9, lambda: log.append((now_ns(), "timer")))
+            await asyncio.gather(worker("a", [100, 100, 5, 300, 0, 7]), worker("b", [150, 50, 400, 3]))
+            return t.fast_forwards  # type: ignore[attr-defined,no-any-return]
+
+        if loop is None:
+            return log, clock.run(main())
+        try:
+            return log, loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    def test_same_order_as_lockstep(self) -> None:
+        log, skipped = self._log()
+        assert log == [(100, "a"), (150, "b"), (200, "a"), (200, "b"), (205, "a"), (250, "timer"),
+                       (505, "a"), (505, "a"), (512, "a"), (600, "b"), (603, "b")]
+        assert skipped > 0
+        paced, none = self._log(VirtualTimeLoop(pace=1e9))  # paced: every sleep takes its turn
+        assert paced == log and none == 0
+
+    def test_a_lone_task_still_gives_the_loop_turns(self) -> None:
+        async def main() -> int:
+            for _ in range(1_000):
+                await sleep_ns(10)
+            assert now_ns() == 10_000
+            return asyncio.get_running_loop().fast_forwards  # type: ignore[attr-defined,no-any-return]
+
+        # at most 64 skips in a row (clock._SKIP_BUDGET), then a real loop turn
+        assert clock.run(main()) == 1_000 - 1_000 // (clock._SKIP_BUDGET + 1)
+
+
 async def test_async_tests_run_on_the_virtual_loop() -> None:
     assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
     await asyncio.sleep(10)

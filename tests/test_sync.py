@@ -826,6 +826,124 @@ class TestLock:
         assert blocked["vcpu2"] == "lock 'A' (held by 'vcpu1' at site 'one-a' since 0 ns) from site 'two-a'"
 
 
+def _contention_model(workers: int, rounds: int, *, keeper_quantum: int | None, handoff_ns: int = 0,
+                      hold_ns: int = 1_000) -> LockStatistics:
+    """The reference model (seeded think times); with ``keeper_quantum`` the workers run ahead
+    (QuantumKeeper with hold_ahead) and sync only before taking the lock."""
+    lock = Lock("L", handoff_ns=handoff_ns)
+
+    async def worker(i: int) -> None:
+        rng = random.Random(i)
+        k = None
+        if keeper_quantum is not None:
+            k = clock.QuantumKeeper(keeper_quantum, hold_ahead=True)
+            k.attach()
+        for _ in range(rounds):
+            think = rng.randint(1_000, 10_000)
+            if k is None:
+                await sleep_ns(think)
+            elif k.advance(think):
+                await k.sync()
+            await lock.acquire("site")
+            if k is None:
+                await sleep_ns(hold_ns)
+            elif k.advance(hold_ns):
+                await k.sync()
+            lock.release()
+        if k is not None:
+            await k.sync()
+            k.detach()
+
+    async def main() -> LockStatistics:
+        await asyncio.gather(*(spawn(f"w{i}", worker(i)) for i in range(workers)))
+        return lock.statistics()
+
+    return clock.run(main())
+
+
+class TestGrantsFromRunAheadReleases:
+    """Holders running ahead (QuantumKeeper(hold_ahead=True)) release "in the future"; later
+    requests are granted from the release's local time: the books equal a lockstep run's."""
+
+    @pytest.mark.parametrize("quantum", [0, 3_000, 1_000_000])
+    @pytest.mark.parametrize("handoff_ns", [0, 150])
+    def test_same_books_as_plain_sleeps(self, quantum: int, handoff_ns: int) -> None:
+        plain = _contention_model(12, 15, keeper_quantum=None, handoff_ns=handoff_ns)
+        ahead = _contention_model(12, 15, keeper_quantum=quantum, handoff_ns=handoff_ns)
+        check_invariants(ahead)
+        for field in ("acquisitions", "contentions", "contended_acquisitions", "handoffs"):
+            assert getattr(ahead, field) == getattr(plain, field), field
+        for dist in ("wait_ns", "hold_ns"):
+            a, b = getattr(ahead, dist), getattr(plain, dist)
+            assert (a.count, a.total, a.max, a.p50, a.p99) == (b.count, b.total, b.max, b.p50, b.p99), dist
+        assert [(t.task, t.acquisitions, t.contentions, t.wait_total_ns, t.hold_total_ns) for t in ahead.tasks] == \
+            [(t.task, t.acquisitions, t.contentions, t.wait_total_ns, t.hold_total_ns) for t in plain.tasks]
+        assert plain.contentions > 100  # the model is contended enough to test something
+
+    def test_release_ahead_holds_the_lock_until_global_time_gets_there(self) -> None:
+        lock = Lock("L")
+        seen: list[tuple[str, object]] = []
+
+        async def ahead() -> None:
+            k = clock.QuantumKeeper(10_000, hold_ahead=True)
+            k.attach()
+            await lock.acquire("a")
+            k.advance(1_000)  # holds until local 1000 without yielding
+            lock.release()
+            seen.append(("released at global", now_ns()))
+            await k.sync()
+            k.detach()
+
+        async def other() -> None:
+            await sleep_ns(400)
+            seen.append(("trylock at 400", lock.try_acquire("b")))
+            await lock.acquire("b")  # granted at the release, 1000
+            seen.append(("granted", now_ns()))
+            lock.release()
+
+        async def main() -> LockStatistics:
+            await asyncio.gather(spawn("a", ahead()), spawn("b", other()))
+            return lock.statistics()
+
+        st = clock.run(main())
+        assert seen == [("released at global", 0), ("trylock at 400", False), ("granted", 1_000)]
+        assert (st.contentions, st.wait_ns.total, st.wait_ns.max) == (1, 600, 600)
+        assert [(p.site, p.count) for p in st.holder_sites] == [("a", 1)]
+        assert st.hold_ns.total == 1_000
+        check_invariants(st)
+
+    def test_cancel_in_the_granted_window_frees_the_lock(self) -> None:
+        lock = Lock("L", handoff_ns=100)
+
+        async def ahead() -> None:
+            k = clock.QuantumKeeper(10_000, hold_ahead=True)
+            k.attach()
+            await lock.acquire("a")
+            k.advance(1_000)
+            lock.release()
+            await k.sync()
+            k.detach()
+
+        async def victim() -> None:
+            await sleep_ns(10)
+            await lock.acquire("v")  # no keeper: sleeps through the window [1000, 1100]
+
+        async def main() -> LockStatistics:
+            a, v = spawn("a", ahead()), spawn("v", victim())
+            await sleep_ns(500)
+            assert lock.owner is v
+            v.cancel()
+            await settle(a, v)
+            assert not lock.locked()
+            await lock.acquire("main")  # nobody is stranded; free at 1000
+            lock.release()
+            return lock.statistics()
+
+        st = clock.run(main())
+        assert st.cancelled_waits == 1
+        check_invariants(st)
+
+
 def spawn_main(name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:
     async def main() -> None:
         await spawn(name, fn())
