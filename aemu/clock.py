@@ -530,7 +530,7 @@ class QuantumKeeper:
     ``quantum_ns=0`` is exact lockstep.
     """
 
-    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead")
+    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead", "clock", "_done")
 
     def __init__(self, quantum_ns: int = 0, *, hold_ahead: bool = False) -> None:
         if isinstance(quantum_ns, bool) or not isinstance(quantum_ns, int) or quantum_ns < 0:
@@ -541,6 +541,9 @@ class QuantumKeeper:
         self.locks_held = 0
         self.syncs = 0
         self.task: Any = None
+        #: Global virtual time (the attached task's loop clock, read directly on hot paths).
+        self.clock: Callable[[], int] = now_ns
+        self._done: Awaitable[None] = _DONE
 
     def attach(self, task: asyncio.Task[Any] | None = None) -> None:
         """Make this the keeper of ``task`` (default: the current task)."""
@@ -550,6 +553,11 @@ class QuantumKeeper:
         self.detach()
         self.task = task
         _keepers[task] = self
+        loop = task.get_loop()
+        if isinstance(loop, VirtualTimeLoop):
+            self.clock, self._done = loop.now_ns, loop._done
+        else:
+            self.clock, self._done = now_ns, _DONE
 
     def detach(self) -> None:
         """Forget the task (call when it ends); the offset must have been synced."""
@@ -569,18 +577,32 @@ class QuantumKeeper:
         self.syncs += 1
         return sleep_ns(off)
 
-    async def delay(self, ns: int) -> None:
-        """Spend ``ns`` of work: run ahead if allowed, else sleep (the awaitable form of advance)."""
+    def delay(self, ns: int) -> Awaitable[None]:
+        """``await k.delay(ns)``: spend ``ns`` of work: run ahead if allowed, else sleep (the
+        awaitable form of advance; nothing to suspend for when running ahead)."""
         if self.advance(ns):
-            await self.sync()
+            return self.sync()
+        return self._done
 
     def local_now_ns(self) -> int:
         """This task's view of virtual time: global time plus its offset."""
-        return now_ns() + self.offset_ns
+        return self.clock() + self.offset_ns
 
     def __repr__(self) -> str:
         return (f"<QuantumKeeper quantum={self.quantum_ns} ns offset={self.offset_ns} ns "
                 f"locks_held={self.locks_held}>")
+
+
+class _Done:
+    """An awaitable that completes at once, on any loop."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE: Any = _Done()
 
 
 class _Running(threading.local):
@@ -605,10 +627,10 @@ def current_keeper() -> QuantumKeeper | None:
 
 def local_now_ns() -> int:
     """Virtual time as the running task sees it: global time plus its keeper's offset, if any."""
-    now = now_ns()
     k = _running.keeper
     if k is not None:
-        return now + k.offset_ns
+        return k.clock() + k.offset_ns
+    now = now_ns()
     if _keepers:
         k = _keepers.get(asyncio.current_task())
         if k is not None:

@@ -149,6 +149,9 @@ Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVecto
 GuestProgram = Generator[Exit, Any, None]
 
 
+_MISS: Any = object()  # not in AddressSpace.fast_reads yet
+
+
 class GuestError(AemuError, RuntimeError):
     """A guest program raised: the run stops, naming the vCPU and the guest's exception."""
 
@@ -228,6 +231,10 @@ class VCPU:
         compute_types = Compute
         irqchip_in_qemu = m.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
         running = clock._running
+        now = self._now
+        exits = self.exits
+        region_exits = self.region_exits
+        latency = self.latency
         try:
             while True:
                 if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
@@ -271,10 +278,41 @@ class VCPU:
                     # no-await handler, RAM, errors) completes here, without a coroutine
                     mmio = cls is MMIORead
                     exit_ns = costs.mmio_exit_ns if mmio else costs.pio_exit_ns
-                    t0 = self._local()
+                    t0 = now() + k.offset_ns
                     k.offset_ns += exit_ns
                     space = m.memory if mmio else m.io
                     addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
+                    size = ex.size  # type: ignore[union-attr]
+                    fast = space.fast_reads.get(addr << 4 | size, _MISS)
+                    if fast is _MISS:
+                        fast = space.fast_read(addr, size)
+                    if fast is not None and not space._dirty and fast[2].lockless_io:
+                        # the device's plain read_nowait, dispatch resolved once (AddressSpace.fast_read)
+                        read, off, mr, mask = fast  # type: ignore[misc]
+                        running.keeper = k
+                        try:
+                            v = read(off, size)
+                        finally:
+                            running.keeper = None
+                        if v is not None:
+                            mr.reads += 1
+                            send = v & mask
+                            kind = "mmio" if mmio else "pio"
+                            exits[kind] += 1
+                            self.current_exit = kind
+                            name = mr.name
+                            dt = now() + k.offset_ns - t0
+                            self.exit_ns += dt
+                            region_exits[name] += 1
+                            lat = latency.get(name)
+                            if lat is None:
+                                lat = latency[name] = array("q")
+                            lat.append(dt)
+                            if m.tracer is not None:
+                                m.tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
+                            if k.offset_ns > k.quantum_ns:
+                                await k.sync()
+                            continue
                     running.keeper = k  # a synchronous stretch: device code finds the keeper directly
                     try:
                         r = space.read_nowait(addr, ex.size)  # type: ignore[union-attr]
@@ -393,6 +431,12 @@ class VCPU:
             v = ex.vector  # type: ignore[union-attr]
             while not self.taken[v]:
                 await self.halt()
+                if self.interrupt_request & CPU_INTERRUPT_HARD and m.kernel_irqchip != "on" and self.if_flag:
+                    # a PIC/userspace-LAPIC interrupt woke us: it becomes a vector at the entry
+                    # (kvm_arch_pre_run), as when the guest re-enters after the HLT exit
+                    t0 = self._local()
+                    await self.pre_run()
+                    self.exit_ns += self._local() - t0
                 if self.kvm_pending and self.if_flag:
                     t0 = self._local()
                     await self._take_injected()

@@ -661,6 +661,10 @@ class AddressSpaceStatistics:
     render_count: int
 
 
+#: What :meth:`AddressSpace.fast_read` resolves: (read_nowait, offset in region, region, value mask).
+FastRead = tuple[Callable[[int, int], "int | None"], int, "MemoryRegion", int]
+
+
 async def prepare_mmio_access(space: AddressSpace, mr: MemoryRegion, site: str) -> bool:
     """QEMU's ``prepare_mmio_access()`` (system/physmem.c, after the lockless-I/O series).
 
@@ -702,6 +706,7 @@ class AddressSpace:
         "_dirty",
         "_ranges",
         "_starts",
+        "fast_reads",
     )
 
     #: how many blocked re-entrant I/O messages are kept (the count goes on)
@@ -735,6 +740,9 @@ class AddressSpace:
         self.coalesced_mmio_flushes = 0
         self._ranges: list[FlatRange] = []
         self._starts: list[int] = []
+        #: ``addr << 4 | size`` -> :data:`FastRead` for accesses a device serves with a plain
+        #: ``read_nowait`` function (see :meth:`fast_read`); emptied when the FlatView changes.
+        self.fast_reads: dict[int, FastRead | None] = {}
         root._spaces.append(self)
         self._render()
 
@@ -755,6 +763,7 @@ class AddressSpace:
         self._starts = [fr.start for fr in merged]
         self._dirty = False
         self.render_count += 1
+        self.fast_reads.clear()
 
     def flatview(self) -> list[FlatRange]:
         """The current FlatView: sorted, disjoint ``(start, end_exclusive, region, offset_in_region)``."""
@@ -778,6 +787,37 @@ class AddressSpace:
         return None
 
     # -- dispatch: the synchronous fast path -------------------------------------------------------
+    def fast_read(self, addr: int, size: int) -> FastRead | None:
+        """The dispatch of a ``size``-byte read at ``addr``, resolved once for a hot caller.
+
+        For a read that lands in one I/O region whose ops have a plain ``read_nowait`` function
+        and accept this size and alignment as is: ``(read_nowait, offset, region, mask)``. The
+        caller may then, while the FlatView is unchanged (``not space._dirty``; a render empties
+        the cache) and ``region.lockless_io`` holds, do exactly what :meth:`read_nowait` does:
+        ``v = read_nowait(offset, size)``; None means "take the full path"; else the value is
+        ``v & mask`` and ``region.reads`` is incremented. None for any other access.
+        """
+        key = addr << 4 | size
+        fast = self.fast_reads
+        if key in fast and not self._dirty:
+            return fast[key]
+        hit = None
+        if size in _SIZES and 0 <= addr < self.limit:
+            if self._dirty:
+                self._render()
+            i = _bisect_right(self._starts, addr) - 1
+            if i >= 0:
+                start, end, mr, off = self._ranges[i]
+                ops = mr.ops
+                if (addr + size <= end and mr._kind == _IO and ops is not None and ops.read_is_coroutine
+                        and ops.read_nowait is not None and size in ops._valid_sizes
+                        and size in ops._impl_sizes):
+                    off += addr - start
+                    if not off & (size - 1) or ops.valid_unaligned:
+                        hit = (ops.read_nowait, off, mr, _MASK[size])
+        fast[key] = hit
+        return hit
+
     def read_nowait(self, addr: int, size: int) -> tuple[int, MemTxResult] | None:
         """Read synchronously if nothing has to wait; else None (then ``await read()``).
 

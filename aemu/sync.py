@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
-from .clock import (NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
+from .clock import (_DONE, NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
                     register_wait_source, sleep_ns)
 from .errors import ConfigError
 
@@ -362,16 +362,6 @@ def _no_loop_future() -> asyncio.Future[None]:
     raise RuntimeError("a Lock makes futures only after its first acquisition on a loop")
 
 
-class _Done:
-    """Awaitable that completes at once (what acquire returns before a lock knows its loop)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Any:
-        return iter(())
-
-
-_DONE: Any = _Done()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

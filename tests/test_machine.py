@@ -46,6 +46,16 @@ class TestSeedResults:
         assert ablated.bql.contentions > 10 * max(1, after.bql.contentions)
         assert ablated.virtual_ns > after.virtual_ns
 
+    @pytest.mark.parametrize("hpet", ["on", "off"])
+    @pytest.mark.parametrize("series", ["before", "after"])
+    def test_boot_with_userspace_irqchip_finishes(self, hpet: str, series: str) -> None:
+        # regression: a vCPU idling in WaitForVector woke on CPU_INTERRUPT_HARD but never ran
+        # kvm_arch_pre_run to turn it into a vector, so it spun at one instant forever
+        r = run(f"-M q35,hpet={hpet} -smp 4 -accel kvm,kernel-irqchip=off --workload boot "
+                f"--param phases=1 --series {series} --duration 50ms")
+        assert r.finished and r.virtual_ns < 50_000_000
+        assert sum(c.interrupts for c in r.vcpus) > 0
+
 
 class TestQuantum:
     @pytest.mark.parametrize("args", [
