@@ -288,7 +288,7 @@ class VCPU:
                         fast = space.fast_read(addr, size)
                     if fast is not None and not space._dirty and fast[2].lockless_io:
                         # the device's plain read_nowait, dispatch resolved once (AddressSpace.fast_read)
-                        read, off, mr, mask = fast  # type: ignore[misc]
+                        read, off, mr, mask = fast
                         running.keeper = k
                         try:
                             v = read(off, size)
