@@ -177,7 +177,6 @@ class VCPU:
         self.current_exit: str = "none"
         # accounting
         self.exits: Counter[str] = Counter()
-        self.region_exits: Counter[str] = Counter()
         self.interrupts = 0
         #: interrupts taken per vector and not yet waited for with WaitForVector
         self.taken: Counter[int] = Counter()
@@ -233,23 +232,27 @@ class VCPU:
         running = clock._running
         now = self._now
         exits = self.exits
-        region_exits = self.region_exits
         latency = self.latency
+        patches = m.host.patches  # the set itself: switches flipped at run time are seen
         try:
             while True:
                 if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
                     await m.wait_resumed(self)
-                t0 = self._local()
-                if irqchip_in_qemu and (self.interrupt_request or not m.patch("irqchip-pre-run")):
-                    await self.pre_run()  # else (patch 6/6, nothing pending) it has nothing to do
-                if self.kvm_pending and self.if_flag:
-                    await self._take_injected()
-                tg = self._local()
-                self.exit_ns += tg - t0
                 tracer = m.tracer
-                if tracer is not None and tg > t0:
-                    tracer.span(self.name, "pre_run", t0, tg)
-                # run: the guest until its next exit (compute needs no exit)
+                pre = irqchip_in_qemu and (self.interrupt_request or "irqchip-pre-run" not in patches)
+                if pre or (self.kvm_pending and self.if_flag):
+                    t0 = now() + k.offset_ns
+                    if pre:
+                        await self.pre_run()  # else (patch 6/6, nothing pending) it has nothing to do
+                    if self.kvm_pending and self.if_flag:
+                        await self._take_injected()
+                    tg = now() + k.offset_ns
+                    self.exit_ns += tg - t0
+                    if tracer is not None and tg > t0:
+                        tracer.span(self.name, "pre_run", t0, tg)
+                elif tracer is not None:
+                    tg = now() + k.offset_ns
+                # run: the guest until its next exit (compute needs no exit); QuantumKeeper.advance inline
                 while True:
                     try:
                         ex = program.send(send)
@@ -261,11 +264,13 @@ class VCPU:
                     send = None
                     if ex.__class__ is not compute_types:
                         break
-                    self.guest_ns += ex.ns
-                    if k.advance(ex.ns):
+                    ns = ex.ns
+                    self.guest_ns += ns
+                    k.offset_ns += ns
+                    if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
                         await k.sync()
                 if tracer is not None:
-                    tracer.span(self.name, "guest", tg, self._local())
+                    tracer.span(self.name, "guest", tg, now() + k.offset_ns)
                 if ex is None:
                     break
                 if ex.__class__ is Shutdown:
@@ -303,7 +308,6 @@ class VCPU:
                             name = mr.name
                             dt = now() + k.offset_ns - t0
                             self.exit_ns += dt
-                            region_exits[name] += 1
                             lat = latency.get(name)
                             if lat is None:
                                 lat = latency[name] = array("q")
@@ -341,6 +345,11 @@ class VCPU:
         self.finished = True
         self.finish_ns = clock.now_ns()
         self.current_exit = "finished"
+
+    @property
+    def region_exits(self) -> Counter[str]:
+        """Accesses per region name (one latency sample is kept per access)."""
+        return Counter({name: len(lat) for name, lat in self.latency.items()})
 
     def _local(self) -> int:
         """This vCPU's view of virtual time (global time plus its run-ahead offset)."""
@@ -464,7 +473,6 @@ class VCPU:
         self.exit_ns += dt
         hit = space.translate(addr) if 0 <= addr < space.limit else None
         name = hit[0].name if hit is not None else "unassigned"
-        self.region_exits[name] += 1
         if self.machine.tracer is not None:
             self.machine.tracer.span(self.name, f"{self.current_exit} {name}", t0, t0 + dt)
         lat = self.latency.get(name)
