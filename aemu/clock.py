@@ -615,6 +615,13 @@ class _Running(threading.local):
 _running = _Running()
 
 
+# The running loop's current task without asyncio.current_task()'s overhead (it finds the running
+# loop through a getpid() system call on CPython 3.11).
+_current_tasks: Any = getattr(asyncio.tasks, "_current_tasks", None)
+if not isinstance(_current_tasks, dict):  # pragma: no cover - other Pythons
+    _current_tasks = None
+
+
 def current_keeper() -> QuantumKeeper | None:
     """The running task's QuantumKeeper, if it has one."""
     k = _running.keeper
@@ -622,6 +629,8 @@ def current_keeper() -> QuantumKeeper | None:
         return k
     if not _keepers:
         return None
+    if _current_tasks is not None:
+        return _keepers.get(_current_tasks.get(_get_running_loop()))
     return _keepers.get(asyncio.current_task())
 
 
