@@ -5,11 +5,16 @@ The loop (:class:`VirtualTimeLoop`) is asyncio's own selector loop with two chan
 * ``time()`` is virtual. It is kept as integer nanoseconds (:func:`now_ns`) and shown to asyncio
   as seconds, so ``asyncio.sleep``, ``asyncio.timeout`` and ``anyio.sleep`` work unchanged.
 * Every timer (asyncio's ``call_at``/``call_later`` and aemu's :func:`sleep_ns`) goes into one
-  heap of plain ``(when_ns, seq, item)`` tuples, resolved inside the selector's ``select`` step:
-  when no callback is ready, time jumps to the earliest entry and every entry due at that instant
-  is released in insertion order (first in, first out), so a program and its seed give the same
-  result on every run. asyncio's own ``TimerHandle`` heap orders same-instant timers by deadline
-  only, and costs about twice as much per sleep (see ``bench/bench_clock.py``).
+  calendar: a heap of distinct instants (plain ints) and, per instant, a list of its entries.
+  When no callback is ready, time jumps to the earliest instant and its entries are released in
+  insertion order (first in, first out), so a program and its seed give the same result on
+  every run. vCPUs in lockstep share instants, so the heap stays small. asyncio's own
+  ``TimerHandle`` heap orders same-instant timers by deadline only, and costs about twice as
+  much per sleep (see ``bench/bench_clock.py``).
+* A sleep that nothing else could interleave with (nothing ready, the next timer later) skips
+  its loop turn: the clock jumps and the task goes on (at most 64 in a row).
+* The loop step itself (``_run_once``, ``call_soon``) is a lean version of asyncio's, since this
+  loop never uses asyncio's ``TimerHandle`` heap.
 
 When nothing is ready, no timer is pending, no executor job is outstanding and no real file
 descriptor is being watched, yet tasks are still blocked, the run can never progress: the loop
@@ -173,8 +178,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise ValueError(f"start_ns must be >= 0, got {start_ns}")
         selector = _VirtualSelector()
         self._now_ns = start_ns
-        self._timers: list[tuple[int, int, Any]] = []
-        self._seq = 0
+        # Timers as a calendar: a heap of distinct instants, and for each instant its entries
+        # (futures to resolve, TimerHandles to run) in the order they were scheduled. vCPUs in
+        # lockstep share instants, so the heap stays small and a batch is one pop.
+        self._timers: list[int] = []
+        self._buckets: dict[int, list[Any]] = {}
         self._executor_jobs = 0
         self._pace = pace
         self._pace_origin: tuple[int, float] | None = None
@@ -237,9 +245,36 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if when_ns < self._now_ns:
             when_ns = self._now_ns
         handle = _TimerHandle(when_ns / NS_PER_S, callback, args, self, context)
-        self._seq = seq = self._seq + 1
-        heapq.heappush(self._timers, (when_ns, seq, handle))
+        self._push(when_ns, handle)
         return handle
+
+    def _push(self, when_ns: int, item: Any) -> None:
+        bucket = self._buckets.get(when_ns)
+        if bucket is None:
+            self._buckets[when_ns] = [item]
+            heapq.heappush(self._timers, when_ns)
+        else:
+            bucket.append(item)
+
+    def _release_next(self) -> bool:
+        """Jump to the earliest pending instant and release its entries, first in, first out:
+        futures get their result, TimerHandles become ready. False if all were cancelled."""
+        when = heapq.heappop(self._timers)
+        if when > self._now_ns:
+            self._now_ns = when
+        ready = self._ready  # type: ignore[attr-defined]
+        released = False
+        for item in self._buckets.pop(when):
+            if item.__class__ is _TimerHandle:
+                if not item._cancelled:
+                    ready.append(item)
+                    released = True
+            elif not item.done():
+                item.set_result(None)
+                released = True
+        if released:
+            self.timers_fired += 1
+        return released
 
     # -- the loop step -----------------------------------------------------------------------
     def call_soon(self, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
@@ -266,24 +301,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector = self._selector  # type: ignore[attr-defined]
         if (not ready and timers and self._fast_forward and not self._stopping  # type: ignore[attr-defined]
                 and selector._registered <= 1 and not self._executor_jobs):
-            # The common step of a simulation, inline: nothing ready, no outside I/O, no pacing:
-            # jump to the earliest timer and release every entry due then, first in, first out.
-            when = timers[0][0]
-            if when > self._now_ns:
-                self._now_ns = when
-            heappop = heapq.heappop
-            released = False
-            while timers and timers[0][0] == when:
-                item = heappop(timers)[2]
-                if item.__class__ is _TimerHandle:
-                    if not item._cancelled:
-                        ready.append(item)
-                        released = True
-                elif not item.done():
-                    item.set_result(None)
-                    released = True
-            if released:
-                self.timers_fired += 1
+            # The common step of a simulation: nothing ready, no outside I/O, no pacing.
+            self._release_next()
         else:
             events_ = selector.select(0 if ready or self._stopping else None)  # type: ignore[attr-defined]
             if events_:
@@ -299,15 +318,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def resolve_at_ns(self, when_ns: int, fut: asyncio.Future[Any]) -> None:
         """Set ``fut``'s result to None at virtual time ``when_ns`` unless it is done by then."""
-        self._seq = seq = self._seq + 1
-        heapq.heappush(self._timers, (when_ns if when_ns > self._now_ns else self._now_ns, seq, fut))
+        self._push(when_ns if when_ns > self._now_ns else self._now_ns, fut)
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         pass  # cancelled entries are skipped when they reach the head of the heap
 
     def pending_timers(self) -> int:
-        """Timer entries still in the heap (cancelled ones included until they are reached)."""
-        return len(self._timers)
+        """Timer entries still pending (cancelled ones included until they are reached)."""
+        return sum(len(b) for b in self._buckets.values())
 
     def _advance(self, force: bool = False) -> bool:
         """Release every timer due at the earliest pending instant, if allowed now.
@@ -316,26 +334,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         something was released (callbacks are now ready).
         """
         timers = self._timers
-        heappop = heapq.heappop
         pace = self._pace
         while timers:
-            when = timers[0][0]
-            if pace is not None and not force and when > self._now_ns:
+            if pace is not None and not force and timers[0] > self._now_ns:
                 return False
-            if when > self._now_ns:
-                self._now_ns = when
-            released = False
-            while timers and timers[0][0] == when:
-                item = heappop(timers)[2]
-                if item.__class__ is _TimerHandle:
-                    if not item._cancelled:
-                        self._ready.append(item)  # type: ignore[attr-defined]
-                        released = True
-                elif not item.done():
-                    item.set_result(None)
-                    released = True
-            if released:
-                self.timers_fired += 1
+            if self._release_next():
                 return True
             if pace is not None:
                 return False  # only cancelled entries were due: re-check pacing for the next one
@@ -350,7 +353,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if self._pace_origin is None:
             self._pace_origin = (self._now_ns, wall)
         v0, w0 = self._pace_origin
-        due = w0 + (self._timers[0][0] - v0) / NS_PER_S / pace
+        due = w0 + (self._timers[0] - v0) / NS_PER_S / pace
         if due > wall:
             return due - wall
         self._pace_origin = (self._now_ns, wall)  # behind schedule: re-anchor, never sprint to catch up
@@ -477,7 +480,7 @@ def sleep_ns(ns: int) -> Awaitable[None]:
         when = loop._now_ns + ns
         timers = loop._timers
         ready = loop._ready  # type: ignore[attr-defined]
-        if loop._skips and not ready and (not timers or timers[0][0] > when) and loop._fast_forward:
+        if loop._skips and not ready and (not timers or timers[0] > when) and loop._fast_forward:
             # Nothing else can run before ``when``: nothing is ready now and the next timer is
             # later. Suspending would only make the loop jump to ``when`` and resume this task,
             # so jump here and go on (same schedule, no loop turn). ``_skips`` bounds how many
@@ -487,8 +490,12 @@ def sleep_ns(ns: int) -> Awaitable[None]:
             loop.fast_forwards += 1
             return loop._done
         fut: asyncio.Future[None] = _Future(loop=loop)
-        loop._seq = seq = loop._seq + 1
-        heapq.heappush(timers, (when, seq, fut))
+        bucket = loop._buckets.get(when)
+        if bucket is None:
+            loop._buckets[when] = [fut]
+            heapq.heappush(timers, when)
+        else:
+            bucket.append(fut)
         return fut
     if loop is None:
         raise RuntimeError("aemu.clock.sleep_ns() needs a running event loop (use aemu.clock.run)")

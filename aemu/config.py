@@ -34,6 +34,10 @@ LOCK_POLICIES = ("fifo", "barging")
 _IGNORED_WITH_VALUE = {"-cpu", "-m", "-display", "-name", "-vga", "-nographic"}
 _IGNORED_FLAGS = {"-enable-kvm", "-nographic", "-no-reboot", "-S"}
 
+#: Most vCPUs a machine takes: QEMU's pc-q35 limit since 9.0 (commit e4e98c7eebfa, "pc: q35: Bump
+#: max_cpus to 4096 vcpus"; needs KVM and x2APIC in real life).
+MAX_CPUS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class SMP:
@@ -94,8 +98,8 @@ class SMP:
             raise ConfigError(f"-smp: Invalid CPU topology: maxcpus must be equal to or greater than "
                               f"smp: sockets ({sockets}) * cores ({cores}) * threads ({threads}) == "
                               f"maxcpus ({maxcpus}) < smp_cpus ({cpus})")
-        if cpus > 1024:
-            raise ConfigError(f"-smp: {cpus} CPUs requested; aemu's q35/pc support at most 1024")
+        if cpus > MAX_CPUS:
+            raise ConfigError(f"-smp: {cpus} CPUs requested; aemu's machines support at most {MAX_CPUS}")
         return cls(cpus, sockets, cores, threads, maxcpus)
 
     def __str__(self) -> str:

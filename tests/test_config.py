@@ -73,3 +73,12 @@ class TestErrors:
         with pytest.raises(ConfigError) as info:
             MachineConfig.parse(args)
         assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_smp_limit_is_qemu_q35s_4096() -> None:
+    from aemu.config import MachineConfig
+    from aemu.errors import ConfigError
+
+    assert MachineConfig.parse("-smp 4096").smp.cpus == 4096
+    with pytest.raises(ConfigError, match="4097 CPUs requested; aemu's machines support at most 4096"):
+        MachineConfig.parse("-smp 4097")
