@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from itertools import accumulate
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,9 +50,7 @@ def region_latency(name: str, samples: array[int]) -> RegionLatency:
     n = len(samples)
     if not n:
         return RegionLatency(name, 0, 0, 0, 0, 0, 0.0)
-    counts: dict[int, int] = {}
-    for v in samples:
-        counts[v] = counts.get(v, 0) + 1
+    counts = Counter(samples)  # counted in C
     values = sorted(counts)
     cumulative = list(accumulate(counts[v] for v in values))
 
