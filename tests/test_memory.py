@@ -936,3 +936,44 @@ class TestMtree:
         assert repr(hpet) == "<MemoryRegion io 'hpet' size=0x400 at 0xfed00000 in 'system' prio 0 lockless>"
         space = AddressSpace("memory", system)
         assert repr(space) == "<AddressSpace 'memory' root='system' 64-bit, 1 flat ranges>"
+
+
+class TestFastRead:
+    """AddressSpace.fast_read: the dispatch of a hot read, resolved once and dropped on a render."""
+
+    @staticmethod
+    def _dev(name: str, value: int) -> MemoryRegion:
+        async def read(off: int, size: int) -> int:
+            return value
+
+        def read_nowait(off: int, size: int) -> int:
+            return value + off
+
+        return MemoryRegion.io(name, 0x100, MemoryRegionOps(read=read, write=None, read_nowait=read_nowait,
+                                                            valid_min=4, valid_max=8, impl_min=4, impl_max=8))
+
+    def test_resolves_once_and_follows_topology_changes(self) -> None:
+        root = MemoryRegion.container("system", 1 << 32)
+        dev = self._dev("dev", 0x1000)
+        root.add_subregion(0xFED00000, dev)
+        space = AddressSpace("memory", root)
+        hit = space.fast_read(0xFED000F0, 8)
+        assert hit is not None
+        read, off, mr, mask = hit
+        assert (off, mr, mask) == (0xF0, dev, (1 << 64) - 1) and read(off, 8) == 0x10F0
+        assert space.fast_reads[0xFED000F0 << 4 | 8] is hit  # cached
+        assert space.fast_read(0xFED000F0, 2) is None  # size the device does not accept
+        assert space.fast_read(0xFED000F2, 4) is None  # misaligned
+        assert space.fast_read(0xFED00100, 4) is None  # a hole
+        over = self._dev("over", 0x2000)
+        root.add_subregion_overlap(0xFED00000, over, 1)  # the FlatView changes: the cache goes
+        assert space._dirty
+        hit = space.fast_read(0xFED000F0, 8)
+        assert hit is not None and hit[2] is over and hit[0](hit[1], 8) == 0x20F0
+
+    def test_plain_handlers_and_ram_are_not_fast_reads(self) -> None:
+        root = MemoryRegion.container("system", 1 << 20)
+        root.add_subregion(0, MemoryRegion.ram("ram", 0x1000))
+        root.add_subregion(0x2000, MemoryRegion.io("plain", 0x10, MemoryRegionOps(read=lambda o, s: 7, write=None)))
+        space = AddressSpace("memory", root)
+        assert space.fast_read(0x10, 4) is None and space.fast_read(0x2000, 4) is None
