@@ -30,6 +30,7 @@ Clocks mirror QEMU's ``qemu_clock_get_ns()``: ``VIRTUAL`` is the loop's virtual 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import heapq
 import selectors
@@ -67,6 +68,7 @@ NS_PER_S = 1_000_000_000
 _get_running_loop = events._get_running_loop  # C accelerated, no error when none is running
 _TimerHandle = events.TimerHandle
 _Handle = events.Handle
+_new_handle = _Handle.__new__
 _Future = asyncio.Future
 
 #: Sleeps that may skip their loop turn in a row (see :func:`sleep_ns`) before the loop gets one.
@@ -282,9 +284,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """asyncio's ``call_soon`` without the per-call debug checks (every task wake-up comes here)."""
         if self._debug or self._closed:  # type: ignore[attr-defined]
             return super().call_soon(callback, *args, context=context)
-        handle = _Handle(callback, args, self, context)
+        handle: Any = _new_handle(_Handle)  # Handle.__init__ minus its per-call get_debug()
+        handle._callback = callback
+        handle._args = args
+        handle._loop = self
+        handle._context = context if context is not None else contextvars.copy_context()
+        handle._cancelled = False
+        handle._repr = None
+        handle._source_traceback = None
         self._ready.append(handle)  # type: ignore[attr-defined]
-        return handle
+        return handle  # type: ignore[no-any-return]
 
     def _run_once(self) -> None:
         """One loop iteration, lean: poll/advance through the selector, then run what is ready.
