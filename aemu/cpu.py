@@ -291,7 +291,19 @@ class VCPU:
                     fast = space.fast_reads.get(addr << 4 | size, _MISS)
                     if fast is _MISS:
                         fast = space.fast_read(addr, size)
-                    if fast is not None and not space._dirty and fast[2].lockless_io:
+                    if fast is not None and not space._dirty and not fast[2].lockless_io:
+                        # a region behind the BQL with a coroutine handler: read_nowait would
+                        # give up (None); go straight to the path that waits, as handle() would
+                        mr = fast[2]
+                        kind = "mmio" if mmio else "pio"
+                        exits[kind] += 1
+                        self.current_exit = kind
+                        if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
+                            await k.sync()
+                        send, _res = await space._io_read_async(mr, fast[1], size)
+                        self._account_name(mr.name, t0)
+                        continue
+                    if fast is not None and not space._dirty:
                         # the device's plain read_nowait, dispatch resolved once (AddressSpace.fast_read)
                         read, off, mr, mask = fast
                         running.keeper = k
@@ -469,10 +481,13 @@ class VCPU:
         raise GuestError(f"vCPU {self.index}: guest program yielded {ex!r}, which is not an exit")
 
     def _account_access(self, space: Any, addr: int, t0: int) -> None:
+        hit = space.translate(addr) if 0 <= addr < space.limit else None
+        self._account_name(hit[0].name if hit is not None else "unassigned", t0)
+
+    def _account_name(self, name: str, t0: int) -> None:
+        """An access to region ``name`` that began (exit) at local time ``t0`` ends now."""
         dt = self._local() - t0
         self.exit_ns += dt
-        hit = space.translate(addr) if 0 <= addr < space.limit else None
-        name = hit[0].name if hit is not None else "unassigned"
         if self.machine.tracer is not None:
             self.machine.tracer.span(self.name, f"{self.current_exit} {name}", t0, t0 + dt)
         lat = self.latency.get(name)

@@ -858,9 +858,16 @@ class Lock:
     def _count_contention(self, w: _Waiter) -> None:
         """Count ``w`` as a contention of the current window (and cache its account rows)."""
         self._contentions += 1
-        acc = w.acc = self._site_acc(w.site)
+        acc = self._sites.get(w.site)
+        if acc is None:
+            acc = self._sites[w.site] = _Account()
+        w.acc = acc
         acc.contentions += 1
-        acc = w.tacc = self._task_acc(w.task.get_name())
+        name = w.task.get_name()
+        acc = self._tasks.get(name)
+        if acc is None:
+            acc = self._tasks[name] = _Account()
+        w.tacc = acc
         acc.contentions += 1
         hs = self._holder_sites
         hs[w.holder_site] = hs.get(w.holder_site, 0) + 1
