@@ -264,6 +264,13 @@ class _Account:
         self.hold_total = 0
         self.hold_max = 0
 
+    def waited(self, wait: int) -> None:
+        """A contended acquisition that waited ``wait`` ns."""
+        self.acquisitions += 1
+        self.wait_total += wait
+        if wait > self.wait_max:
+            self.wait_max = wait
+
 
 class _Samples:
     """Raw duration samples, folded on demand into an HDR histogram and exact aggregates.
@@ -798,25 +805,11 @@ class Lock:
         self._wait_raw.append(wait)
         hs = self._holder_sites
         hs[self._last_site] = hs.get(self._last_site, 0) + 1
-        acc = self._sites.get(site)
-        if acc is None:
-            acc = self._sites[site] = _Account()
-        self._owner_acc = acc
-        acc.contentions += 1
-        acc.acquisitions += 1
-        acc.wait_total += wait
-        if wait > acc.wait_max:
-            acc.wait_max = wait
         name = task.get_name()
-        acc = self._tasks.get(name)
-        if acc is None:
-            acc = self._tasks[name] = _Account()
-        self._owner_tacc = acc
-        acc.contentions += 1
-        acc.acquisitions += 1
-        acc.wait_total += wait
-        if wait > acc.wait_max:
-            acc.wait_max = wait
+        for acc in (self._site_acc(site), self._task_acc(name)):
+            acc.contentions += 1
+            acc.waited(wait)
+        self._owner_acc, self._owner_tacc = self._sites[site], self._tasks[name]
         if self.tracer is not None:
             self.tracer.span(name, f"wait {self.name} ({site})", now, grant)
         if self.bql:
@@ -840,16 +833,10 @@ class Lock:
         self._wait_raw.append(wait)
         if self.tracer is not None:
             self.tracer.span(task.get_name(), f"wait {self.name} ({site})", w.start, now)
-        acc = self._owner_acc = w.acc
-        acc.acquisitions += 1
-        acc.wait_total += wait
-        if wait > acc.wait_max:
-            acc.wait_max = wait
-        acc = self._owner_tacc = w.tacc
-        acc.acquisitions += 1
-        acc.wait_total += wait
-        if wait > acc.wait_max:
-            acc.wait_max = wait
+        self._owner_acc = w.acc
+        self._owner_tacc = w.tacc
+        w.acc.waited(wait)
+        w.tacc.waited(wait)
         if self.bql:
             _bql_enter(task, loop)
         if len(self._wait_raw) >= _FOLD_EVERY:
