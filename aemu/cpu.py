@@ -368,7 +368,9 @@ class VCPU:
         return self._now() + self.keeper.offset_ns
 
     async def pre_run(self) -> None:
-        """``kvm_arch_pre_run`` (target/i386/kvm/kvm.c), with or without patch 6/6."""
+        """``kvm_arch_pre_run`` (target/i386/kvm/kvm.c), with or without patch 6/6.
+
+        Work under the BQL is charged to this vCPU's own keeper (what ``host.delay`` would find)."""
         m = self.machine
         if m.kernel_irqchip == "on":
             return
@@ -377,10 +379,10 @@ class VCPU:
         if ir & (CPU_INTERRUPT_NMI | CPU_INTERRUPT_SMI):
             async with bql.held("kvm_arch_pre_run nmi/smi"):
                 self.interrupt_request &= ~(CPU_INTERRUPT_NMI | CPU_INTERRUPT_SMI)
-                await m.host.delay(m.costs.irq_inject_ns)
-        if not m.patch("irqchip-pre-run"):
+                await self.keeper.delay(m.costs.irq_inject_ns)
+        if "irqchip-pre-run" not in m.host.patches:
             async with bql.held("kvm_arch_pre_run"):
-                await m.host.delay(m.costs.pre_run_ns)
+                await self.keeper.delay(m.costs.pre_run_ns)
                 self._pre_run_locked()
             return
         # 6/6: interrupt_request is read without the BQL; take it only when there is work.
@@ -388,7 +390,7 @@ class VCPU:
             self.exit_request = True
         if ir & CPU_INTERRUPT_HARD and self.if_flag:
             async with bql.held("kvm_arch_pre_run irq"):
-                await m.host.delay(m.costs.pre_run_ns)
+                await self.keeper.delay(m.costs.pre_run_ns)
                 self._pre_run_locked()
 
     def _pre_run_locked(self) -> None:
