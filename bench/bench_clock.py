@@ -1,4 +1,4 @@
-"""Virtual loop cost per timer: aemu's tuple heap against a virtual clock on asyncio's own
+"""Virtual loop cost per timer: aemu's timer calendar against a virtual clock on asyncio's own
 TimerHandle heap (the stock loop's timer machinery with only ``time()`` made virtual).
 
     python bench/bench_clock.py [--workers 240] [--sleeps 200]
