@@ -38,7 +38,7 @@ import threading
 import sys
 import time
 import weakref
-from asyncio import events
+from asyncio import events, format_helpers
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -321,9 +321,23 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         while ntodo:
             ntodo -= 1
             handle = popleft()
-            if not handle._cancelled:
-                handle._run()
+            if handle._cancelled:
+                continue
+            try:  # Handle._run, inline
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._callback_failed(handle, exc)
         return None
+
+    def _callback_failed(self, handle: Any, exc: BaseException) -> None:
+        """What ``Handle._run`` does when its callback raises: hand it to the exception handler."""
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
+        context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
     def resolve_at_ns(self, when_ns: int, fut: asyncio.Future[Any]) -> None:
         """Set ``fut``'s result to None at virtual time ``when_ns`` unless it is done by then."""

@@ -226,6 +226,21 @@ class TestFastForward:
         assert clock.run(main()) == 1_000 - 1_000 // (clock._SKIP_BUDGET + 1)
 
 
+def test_a_raising_callback_is_reported_and_the_loop_goes_on() -> None:
+    seen: list[str] = []
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx["message"]))
+        loop.call_soon(lambda: 1 / 0)
+        loop.call_later(5e-9, lambda: [][1])
+        await sleep_ns(10)
+        return now_ns()
+
+    assert clock.run(main()) == 10
+    assert len(seen) == 2 and all(m.startswith("Exception in callback") for m in seen)
+
+
 async def test_async_tests_run_on_the_virtual_loop() -> None:
     assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
     await asyncio.sleep(10)
