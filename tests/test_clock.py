@@ -215,6 +215,18 @@ class TestFastForward:
         paced, none = self._log(VirtualTimeLoop(pace=1e9))  # paced: every sleep takes its turn
         assert paced == log and none == 0
 
+    def test_a_timeout_still_interrupts_a_sleep(self) -> None:
+        async def main() -> int:
+            try:
+                async with asyncio.timeout(100e-9):
+                    await sleep_ns(50)  # may skip its turn: the timeout is later
+                    await sleep_ns(1_000)  # may not: the timeout comes first
+            except TimeoutError:
+                return now_ns()
+            return -1
+
+        assert clock.run(main()) == 100
+
     def test_a_lone_task_still_gives_the_loop_turns(self) -> None:
         async def main() -> int:
             for _ in range(1_000):
