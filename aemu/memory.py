@@ -994,13 +994,7 @@ class AddressSpace:
         ops: MemoryRegionOps = mr.ops  # type: ignore[assignment]
         if size not in ops._valid_sizes or (off & (size - 1) and not ops.valid_unaligned):
             return self._invalid_access(mr, size)
-        # prepare_mmio_access, inline (one coroutine frame less on the BQL-bound path)
-        release_lock = False
-        if not mr.lockless_io and not bql_locked():
-            await self.bql.acquire(mr._read_site)
-            release_lock = True
-        if mr.flush_coalesced_mmio:
-            self.coalesced_mmio_flushes += 1
+        release_lock = await prepare_mmio_access(self, mr, mr._read_site)
         try:
             if not ops.read_is_coroutine:
                 return self._io_read(mr, off, size)

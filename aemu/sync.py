@@ -346,13 +346,14 @@ class _Samples:
         return result
 
 
-_UNCOUNTED = _Account()  # placeholder rows of a waiter not counted yet (never read)
-
-
 class _Waiter:
     """A task blocked in :meth:`Lock.acquire` (allocated on the contended path only)."""
 
     __slots__ = ("task", "site", "start", "holder_site", "fut", "handle", "queued", "acc", "tacc")
+
+    # its site's and task's rows in the current window, set by Lock._count_contention
+    acc: _Account
+    tacc: _Account
 
     def __init__(self, task: Task, site: str, start: int, holder_site: str) -> None:
         self.task = task
@@ -362,7 +363,6 @@ class _Waiter:
         self.fut: asyncio.Future[None] | None = None
         self.handle: asyncio.TimerHandle | None = None
         self.queued = True
-        self.acc = self.tacc = _UNCOUNTED  # its site's and task's rows, set when it is counted
 
 
 def _no_loop_future() -> asyncio.Future[None]:
@@ -724,7 +724,7 @@ class Lock:
         k = _keepers.get(task) if _keepers else None
         if k is not None and k.offset_ns:  # running ahead of global time: sync first (a lock is a sync point)
             await k.sync()
-            if self._free_at <= self._clock() and self.try_acquire(site):
+            if self.try_acquire(site):
                 return
         now = self._clock()
         if self._owner is None and self._free_at > now:
