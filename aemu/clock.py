@@ -33,6 +33,7 @@ import asyncio
 import contextvars
 import enum
 import heapq
+import os
 import selectors
 import threading
 import sys
@@ -65,7 +66,10 @@ __all__ = [
 T = TypeVar("T")
 
 NS_PER_S = 1_000_000_000
-_get_running_loop = events._get_running_loop  # C accelerated, no error when none is running
+# asyncio's running loop, None when none runs. On CPython 3.11 it makes a getpid() system call
+# each time a loop runs (to notice a fork), so hot paths read the per-thread ``_running.loop``
+# slot that VirtualTimeLoop.run_forever sets, and fall back to this only for other loops.
+_get_running_loop = events._get_running_loop
 _TimerHandle = events.TimerHandle
 _Handle = events.Handle
 _new_handle = _Handle.__new__
@@ -199,6 +203,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._clock_resolution = 1e-9
         self._done: asyncio.Future[None] = _Future(loop=self)  # what a fast-forwarded sleep returns
         self._done.set_result(None)
+
+    def run_forever(self) -> None:
+        """asyncio's ``run_forever``, with this loop in the thread's ``_running.loop`` slot while it
+        runs (what :func:`sleep_ns`, :func:`now_ns` and :func:`current_keeper` read instead of
+        asyncio's running loop). The previous value is put back on exit, whatever happens."""
+        slot = _running
+        prev = slot.loop
+        slot.loop = self
+        try:
+            super().run_forever()
+        finally:
+            slot.loop = prev
 
     # -- clock -------------------------------------------------------------------------------
     def time(self) -> float:
@@ -474,6 +490,9 @@ def now_ns() -> int:
 
     On a loop that is not virtual (real-time mode) it is the loop's clock in nanoseconds.
     """
+    vloop = _running.loop
+    if vloop is not None:
+        return vloop._now_ns
     loop = _get_running_loop()
     if loop is None:
         raise RuntimeError("aemu.clock.now_ns() needs a running event loop (use aemu.clock.run)")
@@ -481,6 +500,15 @@ def now_ns() -> int:
         return loop._now_ns  # type: ignore[attr-defined,no-any-return]
     except AttributeError:
         return int(loop.time() * NS_PER_S)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None: ``asyncio._get_running_loop()`` without its
+    getpid() system call when the loop is a :class:`VirtualTimeLoop`."""
+    loop = _running.loop
+    if loop is not None:
+        return loop
+    return _get_running_loop()
 
 
 def clock_get_ns(clock: QEMUClockType = VIRTUAL) -> int:
@@ -498,36 +526,39 @@ def sleep_ns(ns: int) -> Awaitable[None]:
     """Sleep ``ns`` nanoseconds of virtual time (real time on a non-virtual loop)."""
     if ns < 0:
         raise ValueError(f"sleep_ns needs a duration >= 0, got {ns}")
-    loop = _get_running_loop()
-    if loop.__class__ is VirtualTimeLoop or isinstance(loop, VirtualTimeLoop):
-        when = loop._now_ns + ns
-        timers = loop._timers
-        ready = loop._ready  # type: ignore[attr-defined]
-        if loop._skips and not ready and (not timers or timers[0] > when) and loop._fast_forward:
-            # Nothing else can run before ``when``: nothing is ready now and the next timer is
-            # later. Suspending would only make the loop jump to ``when`` and resume this task,
-            # so jump here and go on (same schedule, no loop turn). ``_skips`` bounds how many
-            # jumps happen in a row before the loop gets a turn (real I/O, other threads).
-            loop._skips -= 1
-            loop._now_ns = when
-            loop.fast_forwards += 1
-            return loop._done
-        fut: asyncio.Future[None] = _Future(loop=loop)
-        bucket = loop._buckets.get(when)
-        if bucket is None:
-            loop._buckets[when] = [fut]
-            heapq.heappush(timers, when)
-        else:
-            bucket.append(fut)
-        return fut
-    if loop is None:
-        raise RuntimeError("aemu.clock.sleep_ns() needs a running event loop (use aemu.clock.run)")
-    return asyncio.sleep(ns / NS_PER_S)
+    loop = _running.loop
+    if loop is None:  # not inside a VirtualTimeLoop.run_forever of this thread
+        other = _get_running_loop()
+        if other is None:
+            raise RuntimeError("aemu.clock.sleep_ns() needs a running event loop (use aemu.clock.run)")
+        if not isinstance(other, VirtualTimeLoop):
+            return asyncio.sleep(ns / NS_PER_S)
+        loop = other
+    when = loop._now_ns + ns
+    timers = loop._timers
+    ready = loop._ready  # type: ignore[attr-defined]
+    if loop._skips and not ready and (not timers or timers[0] > when) and loop._fast_forward:
+        # Nothing else can run before ``when``: nothing is ready now and the next timer is
+        # later. Suspending would only make the loop jump to ``when`` and resume this task,
+        # so jump here and go on (same schedule, no loop turn). ``_skips`` bounds how many
+        # jumps happen in a row before the loop gets a turn (real I/O, other threads).
+        loop._skips -= 1
+        loop._now_ns = when
+        loop.fast_forwards += 1
+        return loop._done
+    fut: asyncio.Future[None] = _Future(loop=loop)
+    bucket = loop._buckets.get(when)
+    if bucket is None:
+        loop._buckets[when] = [fut]
+        heapq.heappush(timers, when)
+    else:
+        bucket.append(fut)
+    return fut
 
 
 def call_at_ns(when_ns: int, callback: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
     """Schedule ``callback(*args)`` at absolute virtual time ``when_ns``; returns a cancellable handle."""
-    loop = _get_running_loop()
+    loop = running_loop()
     if loop is None:
         raise RuntimeError("aemu.clock.call_at_ns() needs a running event loop")
     if isinstance(loop, VirtualTimeLoop):
@@ -640,9 +671,22 @@ class _Running(threading.local):
     #: device code it calls finds it without looking up the current task. Per thread: several
     #: simulations may run in threads at once.
     keeper: QuantumKeeper | None = None
+    #: The VirtualTimeLoop running in this thread (set by its ``run_forever``), else None. Read
+    #: instead of ``asyncio._get_running_loop()``, which costs a getpid() system call on 3.11.
+    #: asyncio allows one running loop per thread, so this is that loop whenever it is set.
+    loop: VirtualTimeLoop | None = None
 
 
 _running = _Running()
+
+
+def _forget_loop_after_fork() -> None:
+    # asyncio's running loop is void in a forked child (its getpid() check); so is ours.
+    _running.loop = None
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_loop_after_fork)
 
 
 # The running loop's current task without asyncio.current_task()'s overhead (it finds the running
@@ -654,13 +698,15 @@ if not isinstance(_current_tasks, dict):  # pragma: no cover - other Pythons
 
 def current_keeper() -> QuantumKeeper | None:
     """The running task's QuantumKeeper, if it has one."""
-    k = _running.keeper
+    running = _running
+    k = running.keeper
     if k is not None:
         return k
     if not _keepers:
         return None
     if _current_tasks is not None:
-        return _keepers.get(_current_tasks.get(_get_running_loop()))
+        loop = running.loop
+        return _keepers.get(_current_tasks.get(loop if loop is not None else _get_running_loop()))
     return _keepers.get(asyncio.current_task())
 
 
@@ -671,7 +717,7 @@ def local_now_ns() -> int:
         return k.clock() + k.offset_ns
     now = now_ns()
     if _keepers:
-        k = _keepers.get(asyncio.current_task())
+        k = current_keeper()
         if k is not None:
             return now + k.offset_ns
     return now

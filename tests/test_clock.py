@@ -257,3 +257,86 @@ async def test_async_tests_run_on_the_virtual_loop() -> None:
     assert isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
     await asyncio.sleep(10)
     assert now_ns() == 10 * 10**9
+
+
+class TestRunningLoopSlot:
+    """Hot paths find the running VirtualTimeLoop in a per-thread slot, not through asyncio's
+    ``_get_running_loop()`` (a getpid() system call per call on CPython 3.11)."""
+
+    def test_slot_is_the_running_loop_only_while_it_runs(self) -> None:
+        async def main() -> bool:
+            loop = asyncio.get_running_loop()
+            return clock._running.loop is loop and clock.running_loop() is loop
+
+        assert clock._running.loop is None
+        assert clock.run(main())
+        assert clock._running.loop is None and clock.running_loop() is None
+        with pytest.raises(RuntimeError):
+            now_ns()
+        with pytest.raises(RuntimeError):
+            sleep_ns(1)
+
+    def test_slot_is_cleared_when_the_run_raises(self) -> None:
+        async def main() -> None:
+            await sleep_ns(5)
+            raise KeyError("boom")
+
+        with pytest.raises(KeyError):
+            clock.run(main())
+        assert clock._running.loop is None
+
+    def test_threads_each_see_their_own_loop(self) -> None:
+        import threading
+
+        barrier = threading.Barrier(3)
+        out: dict[str, list[int]] = {}
+
+        def sim(name: str, step: int) -> None:
+            async def main() -> list[int]:
+                seen = []
+                for _ in range(50):
+                    await sleep_ns(step)
+                    seen.append(now_ns())
+                    await asyncio.sleep(0)  # let the other thread's loop interleave
+                return seen
+
+            barrier.wait()
+            out[name] = clock.run(main())
+
+        threads = [threading.Thread(target=sim, args=(n, s)) for n, s in [("a", 3), ("b", 7), ("c", 11)]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out == {n: [s * (i + 1) for i in range(50)] for n, s in [("a", 3), ("b", 7), ("c", 11)]}
+
+    def test_a_stock_loop_still_gets_real_time(self) -> None:
+        async def main() -> tuple[bool, int]:
+            t0 = now_ns()
+            await sleep_ns(1_000_000)  # asyncio.sleep on a non-virtual loop
+            return clock.running_loop() is asyncio.get_running_loop(), now_ns() - t0
+
+        same, elapsed = asyncio.run(main())
+        assert same and elapsed >= 900_000
+
+    def test_an_executor_thread_has_no_running_loop(self) -> None:
+        async def main() -> object:
+            return await asyncio.to_thread(clock.running_loop)
+
+        assert clock.run(main()) is None
+
+    @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+    def test_a_forked_child_has_no_running_loop(self) -> None:
+        import os
+
+        async def main() -> int:
+            pid = os.fork()
+            if pid == 0:  # child: like asyncio, no loop runs here
+                os._exit(0 if clock._running.loop is None and clock.running_loop() is None else 1)
+            return os.waitpid(pid, 0)[1]
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads alive
+            assert clock.run(main()) == 0
