@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .costs import CostModel
-from .devices.base import PATCHES
 from .errors import ConfigError
+from .patches import PATCHES
 
 __all__ = ["MachineConfig", "SMP", "SERIES", "parse_duration"]
 

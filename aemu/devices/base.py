@@ -4,7 +4,9 @@ A device gets a host at construction and uses it for everything outside its own 
 
 * ``host.bql`` -- the Big QEMU Lock (an :class:`aemu.sync.Lock` with ``bql=True``);
 * ``host.costs`` -- the :class:`aemu.costs.CostModel` (``host.costs.handler("hpet")`` etc.);
-* ``host.patch("hpet-lock")`` -- whether a switch of the BQL-free series is on;
+* ``host.patch("hpet-lock")`` -- whether a switch of the BQL-free series is on (the switches are
+  listed in :mod:`aemu.patches`; a device reads those that concern it in ``apply_patches()``,
+  which the machine calls at build time and after a switch flips);
 * ``host.now_ns()`` -- ``qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)`` as the calling vCPU sees it
   (global virtual time plus the vCPU's run-ahead offset under temporal decoupling);
 * ``await host.delay(ns)`` -- spend ``ns`` of device work: a vCPU holding no lock runs ahead
@@ -24,25 +26,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .. import clock
+from .. import clock, patches as _patches
 from ..clock import QuantumKeeper, current_keeper, local_now_ns
 from ..costs import CostModel
 from ..errors import ConfigError
 from ..irq import IRQLine
 from ..memory import MemoryRegion
+from ..patches import PATCHES
 from ..sync import Lock
 from ..timer import MainLoop, QEMUTimer, TimerCallback
 
+# PATCHES is re-exported for modules that still import it from here; its home is aemu.patches.
 __all__ = ["Device", "DeviceHost", "PATCHES"]
-
-#: The switches of the BQL-free PIO/MMIO series, in patch order, with their prerequisites.
-PATCHES: dict[str, tuple[str, ...]] = {
-    "lockless-io": (),                                   # 1/6 MemoryRegion.lockless_io
-    "pmtimer-lockless": ("lockless-io",),                # 2/6 ACPI PM timer region lockless
-    "hpet-lock": ("lockless-io",),                       # 3/6 HPET device mutex, region lockless
-    "hpet-counter-lockless": ("hpet-lock",),             # 4-5/6 main-counter read via seqlock
-    "irqchip-pre-run": (),                               # 6/6 kvm_arch_pre_run BQL only if needed
-}
 
 
 class DeviceHost:
@@ -52,9 +47,8 @@ class DeviceHost:
                  patches: Iterable[str] = (), gsi_count: int = 24) -> None:
         self.costs = costs or CostModel()
         self.bql = bql or Lock("BQL", handoff_ns=self.costs.bql_handoff_ns, bql=True)
-        self.patches: set[str] = set()
-        for p in patches:
-            self.set_patch(p, True)
+        #: The switches that are on (see :mod:`aemu.patches`); the vCPU loop reads this very set.
+        self.patches: set[str] = set(_patches.check_patches(patches))
         self.main_loop = MainLoop(self.bql, self.costs.timer_cb_ns)
         self.locks: dict[str, Lock] = {}
         self._gsi: list[IRQLine | None] = [None] * gsi_count
@@ -65,19 +59,12 @@ class DeviceHost:
         return name in self.patches
 
     def set_patch(self, name: str, on: bool) -> None:
-        """Turn a switch on or off (prerequisites checked; devices read switches on each access)."""
-        if name not in PATCHES:
-            raise ConfigError(f"unknown patch {name!r}; accepted: {', '.join(PATCHES)}")
-        if on:
-            missing = [p for p in PATCHES[name] if p not in self.patches]
-            if missing:
-                raise ConfigError(f"patch {name!r} needs {missing[0]!r}, which is off")
-            self.patches.add(name)
-        else:
-            dependants = [p for p, pre in PATCHES.items() if name in pre and p in self.patches]
-            if dependants:
-                raise ConfigError(f"cannot turn off {name!r}: {dependants[0]!r} needs it")
-            self.patches.discard(name)
+        """Turn a switch on or off (prerequisites checked, see :func:`aemu.patches.set_patch`).
+
+        A device that depends on a switch reads it in its ``apply_patches()``: call that on the
+        devices afterwards, as :meth:`aemu.machine.Machine.set_patch` does.
+        """
+        _patches.set_patch(self.patches, name, on)
 
     # -- time ----------------------------------------------------------------------------------
     @staticmethod
