@@ -60,7 +60,7 @@ from .memory import (
 )
 from .embed import Snapshot, live, run_realtime, simulate_async
 from .machine import Machine, simulate, simulate_machine
-from .result import Result
+from .result import Metric, Result
 from .sync import (
     ContentionPoint,
     Lock,
@@ -73,7 +73,7 @@ from .sync import (
     bql_locked,
 )
 
-from .workloads.base import Metric, Workload
+from .workloads.base import Workload
 from .workloads.base import register as register_workload
 
 __version__ = "0.1.0"

@@ -11,15 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 
 from .sync import LockStatistics
-from .workloads.base import Metric
 
 if TYPE_CHECKING:
     from .config import MachineConfig
     from .machine import Machine
 
-__all__ = ["RegionLatency", "Result", "SCHEMA", "VCPUResult", "region_latency"]
+__all__ = ["Metric", "RegionLatency", "Result", "SCHEMA", "VCPUResult", "region_latency"]
 
 SCHEMA = "aemu.result/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """The number a workload is judged by (the result document's ``workload.metric``)."""
+
+    name: str
+    value: float
+    unit: str
 
 
 @dataclass(frozen=True, slots=True)

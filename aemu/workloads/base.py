@@ -10,25 +10,16 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cpu import GuestProgram
 from ..errors import ConfigError
+from ..result import Metric
 
 if TYPE_CHECKING:
     from ..machine import Machine
 
 __all__ = ["Metric", "Workload", "WORKLOADS", "register", "get_workload"]
-
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """The number a workload is judged by."""
-
-    name: str
-    value: float
-    unit: str
 
 
 class Workload(abc.ABC):

@@ -31,7 +31,8 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
-from .base import Metric, Workload, register
+from ..result import Metric
+from .base import Workload, register
 from .micro import HPET_CFG, HPET_COUNTER
 
 if TYPE_CHECKING:

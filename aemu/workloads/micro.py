@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, WaitForVector
 from ..errors import ConfigError
-from .base import Metric, Workload, register
+from ..result import Metric
+from .base import Workload, register
 
 if TYPE_CHECKING:
     from ..machine import Machine
