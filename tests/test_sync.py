@@ -746,7 +746,7 @@ class TestLock:
             return lock.statistics()
 
         once = scenario()
-        monkeypatch.setattr("aemu.sync._FOLD_EVERY", 3)
+        monkeypatch.setattr("aemu.sync.lock._FOLD_EVERY", 3)
         folded = scenario()
         assert folded == once
         assert folded.wait_ns.buckets == once.wait_ns.buckets and once.contentions > 0

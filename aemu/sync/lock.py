@@ -28,9 +28,9 @@ from typing import Any, NoReturn, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
-from .clock import (_DONE, NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
+from ..clock import (_DONE, NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
                     register_wait_source, sleep_ns)
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "ContentionPoint",
