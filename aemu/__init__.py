@@ -73,8 +73,8 @@ from .sync import (
     bql_locked,
 )
 
-from .workloads.base import Workload
-from .workloads.base import register as register_workload
+from .workloads import Workload
+from .workloads import register as register_workload
 
 __version__ = "0.1.0"
 

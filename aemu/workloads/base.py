@@ -2,14 +2,13 @@
 
 A workload hands each vCPU a guest program (a generator of exits, see :mod:`aemu.cpu`) and says
 how to score the run. Users write their own by subclassing :class:`Workload` and registering it
-with :func:`register`.
+with :func:`aemu.workloads.register`.
 """
 
 from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..cpu import GuestProgram
@@ -18,8 +17,11 @@ from ..result import Metric
 
 if TYPE_CHECKING:
     from ..machine import Machine
+    from . import WORKLOADS as WORKLOADS
+    from . import get_workload as get_workload
+    from . import register as register
 
-__all__ = ["Metric", "Workload", "WORKLOADS", "register", "get_workload"]
+__all__ = ["Metric", "Workload"]
 
 
 class Workload(abc.ABC):
@@ -56,21 +58,16 @@ class Workload(abc.ABC):
         """Score a finished (or capped) run."""
 
 
-WORKLOADS: dict[str, Callable[..., Workload]] = {}
+_REGISTRY_NAMES = frozenset({"WORKLOADS", "get_workload", "register"})
 
 
-def register(cls: type[Workload]) -> type[Workload]:
-    """Class decorator: make a workload available by name."""
-    WORKLOADS[cls.name] = cls
-    return cls
+def __getattr__(name: str) -> Any:
+    """The registry's old home: ``WORKLOADS``, ``get_workload`` and ``register`` live in :mod:`aemu.workloads`.
 
+    Looked up on use, not imported here: the package imports this module before its table exists.
+    """
+    if name in _REGISTRY_NAMES:
+        from .. import workloads
 
-def get_workload(name: str, **params: Any) -> Workload:
-    """The workload called ``name`` (ConfigError listing the accepted names otherwise)."""
-    from . import boot, micro  # noqa: F401  (registers the built-in workloads)
-
-    try:
-        factory = WORKLOADS[name]
-    except KeyError:
-        raise ConfigError(f"unknown workload {name!r}; accepted: {', '.join(sorted(WORKLOADS))}") from None
-    return factory(**params)
+        return getattr(workloads, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
 from ..result import Metric
-from .base import Workload, register
+from .base import Workload
 from .micro import HPET_CFG, HPET_COUNTER
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ STARTUP_VECTOR = 0x30
 IDLE_VECTOR = 0xEC  # the LAPIC timer
 
 
-@register
 class Boot(Workload):
     """A Windows-like SMP boot (see module docstring)."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, WaitForVector
 from ..errors import ConfigError
 from ..result import Metric
-from .base import Workload, register
+from .base import Workload
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -36,7 +36,6 @@ class _ReadBench(Workload):
         return Metric("median read latency", machine.region_latency(self.region).p50, "ns")
 
 
-@register
 class HPETBench(_ReadBench):
     """Every vCPU reads the HPET main counter back to back (kvm-unit-tests hpet_read_test)."""
 
@@ -58,7 +57,6 @@ class HPETBench(_ReadBench):
             yield compute
 
 
-@register
 class PMTimerBench(_ReadBench):
     """Every vCPU reads the ACPI PM timer port back to back."""
 
@@ -74,7 +72,6 @@ class PMTimerBench(_ReadBench):
             yield compute
 
 
-@register
 class Idle(Workload):
     """vCPUs halted, woken by their LAPIC timers every ``tick_ns``; runs until stopped or --duration."""
 
