@@ -7,6 +7,8 @@ BQL is the host's, wires every GSI to a recording line (which checks the BQL is 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +25,11 @@ from aemu.devices.pci import Q35_PCI_DEVICES, PCIHost
 from aemu.devices.pit import PIT_FREQ, PITState
 from aemu.devices.rtc import RTCState
 from aemu.devices.serial import SerialState
+from aemu.errors import ConfigError
 from aemu.irq import IRQLine
 from aemu.memory import AddressSpace, MemoryRegion, MemTxResult, mtree_text
+from aemu.patches import PATCHES, SWITCHES, check_patches
+from aemu.sync import bql_locked
 
 D = TypeVar("D", bound=Device)
 NS = 1_000_000_000
@@ -101,6 +106,103 @@ def reference_io_lines() -> set[str]:
     start = lines.index("address-space: I/O") + 1
     end = lines.index("", start)
     return set(lines[start:end])
+
+
+# ---------------------------------------------------------------------------------------------
+class TestBQLGuard:
+    """``host.bql_guard(site)``, QEMU's ``BQL_LOCK_GUARD()``: the BQL for a block, unless held."""
+
+    def test_takes_a_free_bql_at_its_site_and_releases_it(self) -> None:
+        async def main() -> tuple[bool, bool, dict[str, int]]:
+            host = DeviceHost()
+            async with host.bql_guard("dev irq"):
+                inside = bql_locked()
+            return inside, bql_locked(), {s.site: s.acquisitions for s in host.bql.statistics().sites}
+
+        assert clock.run(main()) == (True, False, {"dev irq": 1})
+
+    def test_under_the_bql_it_is_a_ready_no_op(self) -> None:
+        async def main() -> tuple[bool, dict[str, int]]:
+            host = DeviceHost()
+            async with host.bql.held("caller"):
+                guard = host.bql_guard("dev irq")
+                assert guard is host.bql_guard("other")  # one shared object, nothing made per use
+                assert not inspect.iscoroutine(guard.__aenter__())
+                async with guard:
+                    assert host.bql.owner is asyncio.current_task()
+                held = bql_locked()
+            return held, {s.site: s.acquisitions for s in host.bql.statistics().sites}
+
+        assert clock.run(main()) == (True, {"caller": 1})
+
+    def test_waits_for_a_held_bql(self) -> None:
+        async def main() -> tuple[list[tuple[str, int]], dict[str, int]]:
+            host = DeviceHost()
+            log: list[tuple[str, int]] = []
+
+            async def holder() -> None:
+                async with host.bql.held("holder"):
+                    await clock.sleep_ns(1_000)
+                    log.append(("holder out", clock.now_ns()))
+
+            async def device() -> None:
+                async with host.bql_guard("dev irq"):
+                    log.append(("device in", clock.now_ns()))
+
+            await asyncio.gather(holder(), device())
+            return log, {s.site: s.contentions for s in host.bql.statistics().sites}
+
+        log, contentions = clock.run(main())
+        assert [what for what, _t in log] == ["holder out", "device in"]
+        assert log[1][1] >= log[0][1] == 1_000
+        assert contentions == {"holder": 0, "dev irq": 1}
+
+    def test_an_exception_releases_the_bql_and_propagates(self) -> None:
+        async def main() -> bool:
+            host = DeviceHost()
+            with pytest.raises(KeyError):
+                async with host.bql_guard("dev irq"):
+                    raise KeyError("x")
+            return host.bql.locked()
+
+        assert clock.run(main()) is False
+
+
+class TestSwitches:
+    """The switches of the series (:mod:`aemu.patches`) as a DeviceHost holds them."""
+
+    def test_in_patch_order_with_prerequisites_first(self) -> None:
+        assert list(PATCHES) == [p.name for p in SWITCHES] == [
+            "lockless-io", "pmtimer-lockless", "hpet-lock", "hpet-counter-lockless", "irqchip-pre-run"]
+        order = list(PATCHES)
+        for p in SWITCHES:
+            assert PATCHES[p.name] == p.needs and p.part and p.summary
+            assert all(order.index(pre) < order.index(p.name) for pre in p.needs)
+        with pytest.raises(TypeError):
+            PATCHES["x"] = ()  # type: ignore[index]
+
+    def test_a_host_validates_its_set_in_any_order(self) -> None:
+        host = DeviceHost(patches=("hpet-lock", "lockless-io"))
+        assert host.patches == {"lockless-io", "hpet-lock"} and host.patch("hpet-lock")
+        with pytest.raises(ConfigError, match="patch 'hpet-lock' needs 'lockless-io', which is off"):
+            DeviceHost(patches=("hpet-lock",))
+        with pytest.raises(ConfigError, match="unknown patch 'bogus'; accepted: lockless-io, "):
+            check_patches(["lockless-io", "bogus"])
+
+    def test_set_patch_checks_prerequisites_and_dependants(self) -> None:
+        host = DeviceHost()
+        with pytest.raises(ConfigError, match="patch 'hpet-counter-lockless' needs 'hpet-lock', which is off"):
+            host.set_patch("hpet-counter-lockless", True)
+        for name in ("lockless-io", "hpet-lock", "hpet-counter-lockless"):
+            host.set_patch(name, True)
+        with pytest.raises(ConfigError, match="cannot turn off 'lockless-io': 'hpet-lock' needs it"):
+            host.set_patch("lockless-io", False)
+        with pytest.raises(ConfigError, match="unknown patch 'hpet'"):
+            host.set_patch("hpet", False)
+        assert host.patches == {"lockless-io", "hpet-lock", "hpet-counter-lockless"}  # unchanged
+        host.set_patch("hpet-counter-lockless", False)
+        host.set_patch("hpet-counter-lockless", False)  # turning off an off switch is fine
+        assert host.patches == {"lockless-io", "hpet-lock"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ SCI (GSI 9) if TMR_EN is set -- from the main loop, under the BQL.
 from __future__ import annotations
 
 from ..memory import MemoryRegion
-from ..sync import bql_locked
 from .base import Device, DeviceHost
 
 __all__ = ["ACPIPMTimer", "PM_TIMER_FREQUENCY", "pm_timer_ticks"]
@@ -116,11 +115,8 @@ class ACPIPMTimer(Device):
         if offset + size > 2:  # PM1_EN
             self.pm1_en = (word >> 16) & 0xFFFF
             self.arm()
-        if bql_locked():
+        async with self.host.bql_guard("acpi-evt irq"):  # held unless a what-if made it lockless
             self._update_sci()
-        else:  # made lockless by a what-if switch: IRQ updates still need the BQL
-            async with self.host.bql.held("acpi-evt irq"):
-                self._update_sci()
 
     async def _cnt_read(self, offset: int, size: int) -> int:
         await self.host.delay(self.host.costs.handler("acpi-cnt"))

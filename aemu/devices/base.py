@@ -7,6 +7,8 @@ A device gets a host at construction and uses it for everything outside its own 
 * ``host.patch("hpet-lock")`` -- whether a switch of the BQL-free series is on (the switches are
   listed in :mod:`aemu.patches`; a device reads those that concern it in ``apply_patches()``,
   which the machine calls at build time and after a switch flips);
+* ``async with host.bql_guard(site):`` -- QEMU's ``BQL_LOCK_GUARD()``: the BQL for the block,
+  taken at ``site`` unless the caller already holds it;
 * ``host.now_ns()`` -- ``qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL)`` as the calling vCPU sees it
   (global virtual time plus the vCPU's run-ahead offset under temporal decoupling);
 * ``await host.delay(ns)`` -- spend ``ns`` of device work: a vCPU holding no lock runs ahead
@@ -24,20 +26,48 @@ cost with ``await host.delay(...)`` (under the lock the access holds, if any).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from .. import clock, patches as _patches
-from ..clock import QuantumKeeper, current_keeper, local_now_ns
+from ..clock import _DONE, QuantumKeeper, current_keeper, local_now_ns
 from ..costs import CostModel
 from ..errors import ConfigError
 from ..irq import IRQLine
 from ..memory import MemoryRegion
 from ..patches import PATCHES
-from ..sync import Lock
+from ..sync import Lock, bql_locked
 from ..timer import MainLoop, QEMUTimer, TimerCallback
 
 # PATCHES is re-exported for modules that still import it from here; its home is aemu.patches.
-__all__ = ["Device", "DeviceHost", "PATCHES"]
+__all__ = ["BQLGuard", "Device", "DeviceHost", "PATCHES"]
+
+
+class BQLGuard(Protocol):
+    """What :meth:`DeviceHost.bql_guard` returns: an async context manager whose enter and exit
+    are plain calls returning an awaitable (no coroutine is made unless the BQL is contended)."""
+
+    def __aenter__(self) -> Awaitable[None]: ...
+
+    def __aexit__(self, *exc_info: object) -> Awaitable[None]: ...
+
+
+#: An awaitable that completes at once, on any loop.
+_READY: Awaitable[None] = _DONE
+
+
+class _HeldByCaller:
+    """``BQL_LOCK_GUARD()`` when the caller holds the BQL: nothing to take, nothing to release."""
+
+    __slots__ = ()
+
+    def __aenter__(self) -> Awaitable[None]:
+        return _READY
+
+    def __aexit__(self, *exc_info: object) -> Awaitable[None]:
+        return _READY  # its result (None) lets the exception, if any, propagate
+
+
+_HELD_BY_CALLER = _HeldByCaller()
 
 
 class DeviceHost:
@@ -101,6 +131,17 @@ class DeviceHost:
         return self.main_loop.timer_new_ns(name, cb)
 
     # -- locks and interrupts ------------------------------------------------------------------
+    def bql_guard(self, site: str) -> BQLGuard:
+        """``async with host.bql_guard(site):`` -- QEMU's ``BQL_LOCK_GUARD()``.
+
+        Holds the BQL for the block: a caller that already holds it gets a ready no-op context
+        (nothing made, nothing accounted); otherwise the BQL is taken at ``site`` and released at
+        the end, through :meth:`aemu.sync.Lock.held` (uncontended: no coroutine, no loop turn).
+        """
+        if bql_locked():
+            return _HELD_BY_CALLER
+        return self.bql.held(site)
+
     def new_lock(self, name: str) -> Lock:
         """A device mutex (``QemuMutex``), accounted like the BQL and listed in ``self.locks``."""
         if name in self.locks or name == self.bql.name:

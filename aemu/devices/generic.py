@@ -61,11 +61,8 @@ class IRQOut:
         """Apply queued updates, taking the BQL if the caller does not hold it."""
         if not self.pending:
             return
-        if bql_locked():
+        async with self.host.bql_guard(self.site):
             self._apply()
-        else:
-            async with self.host.bql.held(self.site):
-                self._apply()
 
     def _apply(self) -> None:
         line = self.host.gsi(self.gsi)

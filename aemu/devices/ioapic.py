@@ -305,11 +305,9 @@ class IOAPIC(Device):
 
     async def _mmio_write(self, offset: int, value: int, size: int) -> None:
         await self.host.delay(self._cost)
-        if bql_locked():
+        # held unless a what-if switch made the region lockless: the state still needs the BQL
+        async with self.host.bql_guard("ioapic write"):
             self.mem_write(offset, value, size)
-        else:  # the region was made lockless by a what-if switch: the state still needs the BQL
-            async with self.host.bql.held("ioapic write"):
-                self.mem_write(offset, value, size)
 
     def __repr__(self) -> str:
         return f"<IOAPIC {self.name!r} irr={self.irr:#08x} deliveries={self.deliveries}>"

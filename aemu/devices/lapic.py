@@ -66,7 +66,6 @@ from ..irq import (
     InterruptTarget,
 )
 from ..memory import MemoryRegion
-from ..sync import bql_locked
 from .base import Device, DeviceHost
 from .ioapic import (
     DM_EXTINT,
@@ -284,13 +283,9 @@ class LAPIC(Device):
             self.send_icr(dest, vector, dest_mode, delivery_mode, shorthand, level)
             return
         await host.delay(host.costs.mmio_exit_ns)
-        if bql_locked():
+        async with host.bql_guard("apic_mem_write ICR"):
             await host.delay(host.costs.handler(_SITE_MSI))
             self.send_icr(dest, vector, dest_mode, delivery_mode, shorthand, level)
-        else:
-            async with host.bql.held("apic_mem_write ICR"):
-                await host.delay(host.costs.handler(_SITE_MSI))
-                self.send_icr(dest, vector, dest_mode, delivery_mode, shorthand, level)
 
     def send_icr(self, dest: int, vector: int, dest_mode: int = 0, delivery_mode: int = DM_FIXED,
                  shorthand: int = SH_NONE, level: bool = False) -> None:
@@ -490,10 +485,7 @@ class IRQChip:
             cost, site = self._msi_cost, "apic_mem_write EOI"
         else:
             cost, site = host.costs.handler("ioapic"), "kvm_arch_handle_exit IOAPIC_EOI"
-        if bql_locked():
-            await host.delay(cost)
-            return lapic.eoi(vector)
-        async with host.bql.held(site):
+        async with host.bql_guard(site):
             await host.delay(cost)
             return lapic.eoi(vector)
 
@@ -584,11 +576,9 @@ class IRQChip:
 
     async def _msi_write(self, offset: int, value: int, size: int) -> None:
         await self.host.delay(self._msi_cost)
-        if bql_locked():
+        # held unless a what-if switch made the region lockless: delivery still needs the BQL
+        async with self.host.bql_guard("apic-msi write"):
             self.msi_write(offset, value, size)
-        else:  # the region was made lockless by a what-if switch: delivery still needs the BQL
-            async with self.host.bql.held("apic-msi write"):
-                self.msi_write(offset, value, size)
 
     # -- statistics --------------------------------------------------------------------------------
     def statistics(self) -> IRQChipStatistics:

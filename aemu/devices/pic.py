@@ -31,16 +31,12 @@ logs it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 from ..irq import CPU_INTERRUPT_HARD, IRQLine, InterruptTarget
 from ..memory import MemoryRegion
-from ..sync import bql_locked
 from .base import Device, DeviceHost
 
 __all__ = ["ISA_NUM_IRQS", "PIC", "PICState"]
-
-T = TypeVar("T")
 
 #: ISA interrupt lines (8 per chip).
 ISA_NUM_IRQS = 16
@@ -326,15 +322,18 @@ class PIC(Device):
     def _pic_region(self, chip: PICState) -> MemoryRegion:
         cost = self.host.costs.handler("pic")
         host = self.host
-        site = "pic"
+        # The chip's state is BQL-protected: a handler takes the BQL itself (site "pic") if a
+        # what-if switch made the region lockless, as the HPET does around IRQ updates.
 
         async def read(offset: int, size: int) -> int:
             await host.delay(cost)
-            return await _with_bql(host, site, lambda: chip.read(offset))
+            async with host.bql_guard("pic"):
+                return chip.read(offset)
 
         async def write(offset: int, value: int, size: int) -> None:
             await host.delay(cost)
-            await _with_bql(host, site, lambda: chip.write(offset, value))
+            async with host.bql_guard("pic"):
+                chip.write(offset, value)
 
         return self.region_io("pic", 2, read, write, impl_min=1, impl_max=1)
 
@@ -356,12 +355,3 @@ class PIC(Device):
         return (f"<PIC {self.name!r} master irr={self.master.irr:#04x} imr={self.master.imr:#04x} "
                 f"isr={self.master.isr:#04x} slave irr={self.slave.irr:#04x} "
                 f"imr={self.slave.imr:#04x} isr={self.slave.isr:#04x}>")
-
-
-async def _with_bql(host: DeviceHost, site: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` with the BQL held: its state is BQL-protected even if a what-if made the region
-    lockless (then the handler takes the BQL itself, as the HPET does around IRQ updates)."""
-    if bql_locked():
-        return fn()
-    async with host.bql.held(site):
-        return fn()

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ..sync import bql_locked
 from .base import Device, DeviceHost
 from .generic import IRQOut
 
@@ -91,11 +90,8 @@ class SerialState(Device):
     async def feed(self, data: bytes) -> None:
         """Queue input from the outside world (the chardev) and let the receiver take what it can."""
         self._input.extend(data)
-        if bql_locked():
+        async with self.host.bql_guard("serial feed"):
             self._accept_input()
-        else:
-            async with self.host.bql.held("serial feed"):
-                self._accept_input()
 
     # -- region handlers ----------------------------------------------------------------------------
     async def _read(self, offset: int, size: int) -> int:
