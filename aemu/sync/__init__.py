@@ -3,8 +3,10 @@ sequence lock (:class:`SeqLock`)."""
 
 from __future__ import annotations
 
-from .lock import (HDR_HIGHEST_NS, HDR_LOWEST_NS, HDR_SIGNIFICANT_DIGITS, POLICIES, ContentionPoint, Lock,
-                   LockStatistics, SeqLock, SeqLockStatistics, SiteStats, TaskLockStats, TimeStats, bql_locked)
+from .bql import bql_locked
+from .lock import HDR_HIGHEST_NS, HDR_LOWEST_NS, HDR_SIGNIFICANT_DIGITS, POLICIES, Lock
+from .seqlock import SeqLock, SeqLockStatistics
+from .stats import ContentionPoint, LockStatistics, SiteStats, TaskLockStats, TimeStats
 
 __all__ = [
     "ContentionPoint",
