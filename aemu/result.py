@@ -5,10 +5,10 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from itertools import accumulate
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .sync import LockStatistics
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .config import MachineConfig
     from .machine import Machine
 
-__all__ = ["Metric", "RegionLatency", "Result", "SCHEMA", "VCPUResult", "region_latency"]
+__all__ = ["LatencyCounts", "Metric", "RegionLatency", "Result", "SCHEMA", "VCPUResult", "region_latency"]
 
 SCHEMA = "aemu.result/1"
 
@@ -49,25 +49,43 @@ class RegionLatency:
 _CDF_PERCENTILES = tuple(float(p) for p in range(0, 100)) + (99.9, 99.99, 100.0)
 
 
-def region_latency(name: str, samples: array[int]) -> RegionLatency:
-    """Exact percentiles of raw latency samples (value at the ``ceil(q * n)``-th smallest sample).
+#: Latency value counts: latency ns -> number of accesses (a vCPU's ``latency[region]``).
+LatencyCounts: TypeAlias = Mapping[int, int]
 
-    Virtual-time latencies repeat a lot, so the samples are counted per distinct value and the
-    percentiles read off the running totals: one pass, exact, no histogram rounding.
+
+def region_latency(name: str, counts: LatencyCounts | array[int] | Iterable[LatencyCounts | array[int]]
+                   ) -> RegionLatency:
+    """Exact percentiles of latency value counts (value at the ``ceil(q * n)``-th smallest access).
+
+    ``counts`` maps latency (ns) to accesses, or is an iterable of such maps (one per vCPU) to
+    merge. Virtual-time latencies repeat a lot, so the percentiles are read off the running totals
+    of the distinct values: exact, no histogram rounding. (An ``array`` of raw samples is counted
+    first: the per-access form vCPUs kept before.)
     """
-    n = len(samples)
-    if not n:
+    parts = (counts,) if isinstance(counts, (Mapping, array)) else counts
+    merged: Counter[int] = Counter()
+    for part in parts:
+        merged.update(part)  # a Mapping adds its counts; an array counts its samples (in C)
+    if any(c < 0 for c in merged.values()):
+        raise ValueError(f"region {name!r}: latency counts must not be negative")
+    values = sorted(v for v, c in merged.items() if c)
+    if not values:
         return RegionLatency(name, 0, 0, 0, 0, 0, 0.0)
-    counts = Counter(samples)  # counted in C
-    values = sorted(counts)
-    cumulative = list(accumulate(counts[v] for v in values))
+    cumulative = list(accumulate(merged[v] for v in values))
+    n = cumulative[-1]
 
     def at(q: float) -> int:
-        rank = max(1, -(-q * n // 100))  # ceil(q / 100 * n), at least the first sample
+        rank = max(1, -(-q * n // 100))  # ceil(q / 100 * n), at least the first access
         return values[bisect_left(cumulative, rank)]
 
     cdf = tuple((values[0] if p == 0 else at(p), p / 100) for p in _CDF_PERCENTILES)
-    return RegionLatency(name, n, at(50), at(90), at(99), values[-1], sum(samples) / n, cdf)
+    total = sum(v * merged[v] for v in values)  # exact: the float mean is rounded once, as sum(samples) / n
+    return RegionLatency(name, n, at(50), at(90), at(99), values[-1], total / n, cdf)
+
+
+def _accesses(counts: LatencyCounts | array[int]) -> int:
+    """How many accesses one vCPU's latency record of a region holds."""
+    return sum(counts.values()) if isinstance(counts, Mapping) else len(counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +148,12 @@ class Result:
             w = waits.get(c.name, {})
             total_wait = sum(w.values())
             vcpus.append(VCPUResult(
-                c.index, sum(c.exits.values()), dict(c.exits), dict(c.region_exits), c.interrupts,
+                c.index, sum(c.exits.values()), dict(c.exits),
+                {name: _accesses(lat) for name, lat in c.latency.items()}, c.interrupts,
                 c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished,
                 c.start_ns, c.finish_ns))
         names = sorted({n for c in m.vcpus for n in c.latency})
-        regions = tuple(m.region_latency(n) for n in names)
+        regions = tuple(region_latency(n, [c.latency[n] for c in m.vcpus if n in c.latency]) for n in names)
         counts: dict[str, tuple[int, int]] = {}
         for mr in m.regions():
             if mr.kind == "io" and (mr.reads or mr.writes):
