@@ -8,18 +8,24 @@ of a read, the vector that woke a halt), like ``KVM_RUN`` returning to userspace
         yield Compute(1_000)                    # 1 us of guest work, no exit
         yield Halt()                            # HLT until an interrupt
 
-Each loop iteration models ``kvm_cpu_exec``:
+Each loop iteration models ``kvm_cpu_exec``, the same four steps every time:
 
 * **pre_run** -- ``kvm_arch_pre_run``. With the PIC in userspace (kernel-irqchip=split|off) QEMU
   took the BQL on every entry to check ``interrupt_request``; with ``irqchip-pre-run`` (6/6) it
   takes it only when a hard interrupt is pending and the guest can take it (IF set), and NMI/SMI
   bits are cleared under it briefly. kernel-irqchip=on never takes it.
 * **run** -- the guest program until its next exit (compute is local time, see below).
-* **handle** -- the exit: PIO/MMIO through the ``I/O``/``memory`` address spaces (dispatch takes
-  the BQL unless the region is lockless), HLT (waits for an interrupt; with an in-kernel LAPIC
-  the kernel handles it), IPIs and LAPIC timers through the in-kernel LAPIC, shutdown (the vCPU
-  stops; so does a guest program that returns).
-* **post_run** -- ``kvm_arch_post_run``: the BQL only with kernel-irqchip=off (userspace APIC).
+* **handle** -- the exit. PIO/MMIO: ``AddressSpace.access`` resolves it, ``read_nowait`` /
+  ``write_nowait`` completes it if it needs no lock, else the awaited ``read``/``write`` does
+  (where ``prepare_mmio_access`` takes the BQL) -- as in QEMU the loop itself never decides about
+  locks. HLT waits for an interrupt (with an in-kernel LAPIC the kernel handles it); IPIs and
+  LAPIC timers go through the in-kernel LAPIC; shutdown stops the vCPU (so does a guest program
+  that returns).
+* **post_run** -- ``kvm_arch_post_run``, after every exit: the BQL only with kernel-irqchip=off
+  (userspace APIC).
+
+A vCPU sees its machine through :class:`Board` (its address spaces, the BQL, the switches and
+its interrupt hooks), and keeps its books in a :class:`VCPUAccount`.
 
 Temporal decoupling: each vCPU has a :class:`~aemu.clock.QuantumKeeper`; guest compute, exit
 round trips and lockless handlers run ahead of global time by up to ``quantum_ns`` and cost no
@@ -35,9 +41,10 @@ from __future__ import annotations
 import asyncio
 from array import array
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from . import clock
 from .clock import QuantumKeeper
@@ -51,11 +58,14 @@ from .irq import (
 )
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from .costs import CostModel
+    from .memory import AddressSpace
+    from .sync import Lock
+    from .trace import Tracer
 
 __all__ = [
-    "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
-    "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU", "WaitForVector",
+    "Board", "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
+    "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU", "VCPUAccount", "WaitForVector",
 ]
 
 
@@ -149,18 +159,87 @@ Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVecto
 GuestProgram = Generator[Exit, Any, None]
 
 
-_MISS: Any = object()  # not in AddressSpace.fast_reads yet
-
-
 class GuestError(AemuError, RuntimeError):
     """A guest program raised: the run stops, naming the vCPU and the guest's exception."""
 
 
-class VCPU:
-    """One vCPU: ``interrupt_request``, halted state, the exit loop, and its accounting."""
+class Board(Protocol):
+    """What a vCPU sees of its machine: its address spaces, the BQL, the switches, its interrupt hooks."""
 
-    def __init__(self, machine: Machine, index: int, program: GuestProgram, *, quantum_ns: int = 0) -> None:
-        self.machine = machine
+    memory: AddressSpace
+    io: AddressSpace
+    bql: Lock
+    costs: CostModel
+    kernel_irqchip: str
+    tracer: Tracer | None
+    paused: bool
+
+    @property
+    def patches(self) -> AbstractSet[str]:
+        """The switches of the series that are on (live: flipped at run time)."""
+
+    async def wait_resumed(self, cpu: VCPU) -> None:
+        """Park until the monitor's ``cont``."""
+
+    def pic_interrupt(self, cpu: VCPU) -> int:
+        """``cpu_get_pic_interrupt`` (under the BQL)."""
+
+    async def eoi(self, cpu: VCPU, vector: int) -> None:
+        """The guest's EOI to its LAPIC."""
+
+    def send_ipi(self, src: VCPU, dest: int, vector: int) -> None:
+        """An IPI through the in-kernel LAPIC."""
+
+    def arm_lapic_timer(self, cpu: VCPU, delay_ns: int, vector: int) -> None:
+        """Arm the LAPIC timer."""
+
+
+#: latency samples a vCPU keeps per region before folding them into value counts
+_FOLD_AT = 1 << 14
+
+
+class VCPUAccount:
+    """One vCPU's books: exits by kind, interrupts taken, virtual time by state, access latency.
+
+    ``guest_ns + exit_ns + halted_ns`` is the vCPU's elapsed time (lock waits are inside
+    ``exit_ns``; the locks' per-task books split them out). Access latencies are appended as
+    samples and folded into value counts (latency ns -> accesses) as they grow, so memory stays
+    flat however long a run goes.
+    """
+
+    __slots__ = ("exits", "interrupts", "guest_ns", "exit_ns", "halted_ns", "samples", "_counts")
+
+    def __init__(self) -> None:
+        self.exits: Counter[str] = Counter()
+        self.interrupts = 0
+        self.guest_ns = 0
+        self.exit_ns = 0
+        self.halted_ns = 0
+        #: region name -> latency samples not folded yet
+        self.samples: dict[str, array[int]] = {}
+        self._counts: dict[str, Counter[int]] = {}
+
+    def fold(self, name: str) -> None:
+        """Fold region ``name``'s samples into its value counts."""
+        counts = self._counts.get(name)
+        if counts is None:
+            counts = self._counts[name] = Counter()
+        counts.update(self.samples[name])  # counted in C
+        self.samples[name] = array("q")
+
+    def latency(self) -> dict[str, Counter[int]]:
+        """Region name -> access latency value counts (ns -> accesses)."""
+        for name in list(self.samples):
+            if self.samples[name]:
+                self.fold(name)
+        return {name: c for name, c in self._counts.items() if c}
+
+
+class VCPU:
+    """One vCPU: ``interrupt_request``, halted state, the exit loop, and its :class:`VCPUAccount`."""
+
+    def __init__(self, board: Board, index: int, program: GuestProgram, *, quantum_ns: int = 0) -> None:
+        self.board = board
         self.index = index
         self.name = f"vcpu{index}"
         self.program = program
@@ -170,23 +249,53 @@ class VCPU:
         self.halted = False
         self.if_flag = True
         self.finished = False
+        self.start_ns = 0
         self.finish_ns = -1
         self.kvm_pending: list[int] = []  # vectors accepted by the in-kernel LAPIC
         self._hard_vectors: list[int] = []  # vectors a userspace LAPIC queued (kernel-irqchip=off)
         self._wake: asyncio.Future[None] | None = None
         self.current_exit: str = "none"
-        # accounting
-        self.exits: Counter[str] = Counter()
-        self.interrupts = 0
         #: interrupts taken per vector and not yet waited for with WaitForVector
         self.taken: Counter[int] = Counter()
-        self.guest_ns = 0
-        self.exit_ns = 0  # exit handling including lock waits (split out in stats())
-        self.halted_ns = 0
-        self.start_ns = 0
-        self.latency: dict[str, array[int]] = {}
+        self.account = VCPUAccount()
         self.task: asyncio.Task[None] | None = None
         self._now: Callable[[], int] = clock.now_ns
+
+    # the books, as the reports read them
+    @property
+    def exits(self) -> Counter[str]:
+        """Exits by kind (``pio``, ``mmio``, ``hlt``, ``irq``, ``ipi``, ``lapic-timer``, ``shutdown``)."""
+        return self.account.exits
+
+    @property
+    def interrupts(self) -> int:
+        """Interrupts the guest took."""
+        return self.account.interrupts
+
+    @property
+    def guest_ns(self) -> int:
+        """Virtual time in the guest."""
+        return self.account.guest_ns
+
+    @property
+    def exit_ns(self) -> int:
+        """Virtual time handling exits (pre/post_run and lock waits included)."""
+        return self.account.exit_ns
+
+    @property
+    def halted_ns(self) -> int:
+        """Virtual time halted."""
+        return self.account.halted_ns
+
+    @property
+    def latency(self) -> dict[str, Counter[int]]:
+        """Region name -> access latency value counts (ns -> accesses)."""
+        return self.account.latency()
+
+    @property
+    def region_exits(self) -> Counter[str]:
+        """Accesses per region name."""
+        return Counter({name: c.total() for name, c in self.latency.items()})
 
     # -- InterruptTarget ------------------------------------------------------------------------
     def cpu_interrupt(self, mask: int) -> None:
@@ -216,43 +325,32 @@ class VCPU:
 
     # -- the exit loop ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """``kvm_cpu_exec`` until the guest program returns."""
-        m = self.machine
+        """``kvm_cpu_exec`` until the guest program returns: pre_run, run, handle the exit, post_run."""
+        b = self.board
         k = self.keeper
         k.attach()
         loop = asyncio.get_running_loop()
         if isinstance(loop, clock.VirtualTimeLoop):  # read the loop's clock directly (hot path)
             self._now = loop.now_ns
-        self.start_ns = self._now()
+        now = self._now
+        self.start_ns = now()
+        acct = self.account
+        exits = acct.exits
         program = self.program
         send: Any = None
-        costs = m.costs
-        compute_types = Compute
-        irqchip_in_qemu = m.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
+        costs = b.costs
         running = clock._running
-        now = self._now
-        exits = self.exits
-        latency = self.latency
-        patches = m.host.patches  # the set itself: switches flipped at run time are seen
         try:
             while True:
-                if m.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
-                    await m.wait_resumed(self)
-                tracer = m.tracer
-                pre = irqchip_in_qemu and (self.interrupt_request or "irqchip-pre-run" not in patches)
-                if pre or (self.kvm_pending and self.if_flag):
-                    t0 = now() + k.offset_ns
-                    if pre:
-                        await self.pre_run()  # else (patch 6/6, nothing pending) it has nothing to do
-                    if self.kvm_pending and self.if_flag:
-                        await self._take_injected()
+                if b.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
+                    await b.wait_resumed(self)
+                entry = self.kvm_arch_pre_run()
+                if entry is not None:
+                    await entry
+                tracer = b.tracer
+                if tracer is not None:
                     tg = now() + k.offset_ns
-                    self.exit_ns += tg - t0
-                    if tracer is not None and tg > t0:
-                        tracer.span(self.name, "pre_run", t0, tg)
-                elif tracer is not None:
-                    tg = now() + k.offset_ns
-                # run: the guest until its next exit (compute needs no exit); QuantumKeeper.advance inline
+                # run: the guest until its next exit; compute needs no exit (QuantumKeeper.advance inline)
                 while True:
                     try:
                         ex = program.send(send)
@@ -262,10 +360,10 @@ class VCPU:
                     except Exception as e:
                         raise GuestError(f"vCPU {self.index}: guest program raised {e!r}") from e
                     send = None
-                    if ex.__class__ is not compute_types:
+                    if ex.__class__ is not Compute:
                         break
                     ns = ex.ns
-                    self.guest_ns += ns
+                    acct.guest_ns += ns
                     k.offset_ns += ns
                     if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
                         await k.sync()
@@ -273,80 +371,55 @@ class VCPU:
                     tracer.span(self.name, "guest", tg, now() + k.offset_ns)
                 if ex is None:
                     break
-                if ex.__class__ is Shutdown:
-                    self.exits["shutdown"] += 1
-                    program.close()
-                    break
+                # handle the exit
                 cls = ex.__class__
-                if cls is MMIORead or cls is PIORead:
-                    # fast path: a read that needs no lock and no await (lockless region with a
-                    # no-await handler, RAM, errors) completes here, without a coroutine
-                    mmio = cls is MMIORead
-                    exit_ns = costs.mmio_exit_ns if mmio else costs.pio_exit_ns
+                io = _ACCESS.get(cls)
+                if io is not None:
+                    # KVM_EXIT_IO / KVM_EXIT_MMIO: the access needs no lock, or it waits
+                    # (address_space_rw decides, in prepare_mmio_access)
+                    mmio, is_read = io
+                    if mmio:
+                        kind, space, exit_cost, addr = "mmio", b.memory, costs.mmio_exit_ns, ex.addr  # type: ignore[union-attr]
+                    else:
+                        kind, space, exit_cost, addr = "pio", b.io, costs.pio_exit_ns, ex.port  # type: ignore[union-attr]
+                    exits[kind] += 1
+                    self.current_exit = kind
                     t0 = now() + k.offset_ns
-                    k.offset_ns += exit_ns
-                    space = m.memory if mmio else m.io
-                    addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
-                    size = ex.size  # type: ignore[union-attr]
-                    fast = space.fast_reads.get(addr << 4 | size, _MISS)
-                    if fast is _MISS:
-                        fast = space.fast_read(addr, size)
-                    if fast is not None and not space._dirty and not fast[2].lockless_io:
-                        # a region behind the BQL with a coroutine handler: read_nowait would
-                        # give up (None); go straight to the path that waits, as handle() would
-                        mr = fast[2]
-                        kind = "mmio" if mmio else "pio"
-                        exits[kind] += 1
-                        self.current_exit = kind
-                        if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
-                            await k.sync()
-                        send, _res = await space._io_read_async(mr, fast[1], size)
-                        self._account_name(mr.name, t0)
-                        continue
-                    if fast is not None and not space._dirty:
-                        # the device's plain read_nowait, dispatch resolved once (AddressSpace.fast_read)
-                        read, off, mr, mask = fast
-                        running.keeper = k
-                        try:
-                            v = read(off, size)
-                        finally:
-                            running.keeper = None
-                        if v is not None:
-                            mr.reads += 1
-                            send = v & mask
-                            kind = "mmio" if mmio else "pio"
-                            exits[kind] += 1
-                            self.current_exit = kind
-                            name = mr.name  # _account_name(name, t0), inline on the hottest path
-                            dt = now() + k.offset_ns - t0
-                            self.exit_ns += dt
-                            lat = latency.get(name)
-                            if lat is None:
-                                lat = latency[name] = array("q")
-                            lat.append(dt)
-                            if m.tracer is not None:
-                                m.tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
-                            if k.offset_ns > k.quantum_ns:
-                                await k.sync()
-                            continue
+                    k.offset_ns += exit_cost
+                    acc = space.access(addr, ex.size)  # type: ignore[union-attr]
                     running.keeper = k  # a synchronous stretch: device code finds the keeper directly
                     try:
-                        r = space.read_nowait(addr, ex.size)  # type: ignore[union-attr]
+                        r = acc.read_nowait() if is_read else acc.write_nowait(ex.value)  # type: ignore[union-attr]
                     finally:
                         running.keeper = None
-                    if r is not None:
-                        kind = "mmio" if mmio else "pio"
-                        self.exits[kind] += 1
-                        self.current_exit = kind
-                        send = r[0]
-                        self._account_access(space, addr, t0)
-                        if k.offset_ns > k.quantum_ns:
+                    if r is None:
+                        if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
                             await k.sync()
-                        continue
-                    k.offset_ns -= exit_ns  # not taken: the full path charges the exit itself
-                send = await self.handle(ex, costs)
-                if m.kernel_irqchip == "off":
-                    await self.post_run()
+                        r = await (acc.read() if is_read else acc.write(ex.value))  # type: ignore[union-attr]
+                    send = r[0] if is_read else None  # type: ignore[index]
+                    # the access's latency: from the exit to the return into the guest
+                    dt = now() + k.offset_ns - t0
+                    acct.exit_ns += dt
+                    name = acc.name
+                    samples = acct.samples.get(name)
+                    if samples is None:
+                        samples = acct.samples[name] = array("q")
+                    samples.append(dt)
+                    if len(samples) >= _FOLD_AT:
+                        acct.fold(name)
+                    if b.tracer is not None:
+                        b.tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
+                    if k.offset_ns > k.quantum_ns:
+                        await k.sync()
+                elif cls is Shutdown:
+                    exits["shutdown"] += 1
+                    program.close()
+                    await self.kvm_arch_post_run()
+                    break
+                else:
+                    send = await self.handle(ex)
+                if cls is not Halt and cls is not WaitForVector:  # HLT exits run it in halt()
+                    await self.kvm_arch_post_run()
         finally:
             if k.offset_ns and not k.locks_held:
                 try:
@@ -358,31 +431,51 @@ class VCPU:
         self.finish_ns = clock.now_ns()
         self.current_exit = "finished"
 
-    @property
-    def region_exits(self) -> Counter[str]:
-        """Accesses per region name (one latency sample is kept per access)."""
-        return Counter({name: len(lat) for name, lat in self.latency.items()})
-
     def _local(self) -> int:
         """This vCPU's view of virtual time (global time plus its run-ahead offset)."""
         return self._now() + self.keeper.offset_ns
 
+    def kvm_arch_pre_run(self) -> Awaitable[None] | None:
+        """The entry: ``kvm_arch_pre_run`` (target/i386/kvm/kvm.c) and the interrupts KVM injects.
+
+        With the PIC in userspace (kernel-irqchip=split|off) QEMU took the BQL on every entry;
+        with ``irqchip-pre-run`` (6/6) only when ``interrupt_request`` has work, read without the
+        BQL. Returns None when the entry has nothing to do (no await), else the work to await.
+        """
+        b = self.board
+        pre = b.kernel_irqchip != "on" and bool(self.interrupt_request or "irqchip-pre-run" not in b.patches)
+        if pre or (self.kvm_pending and self.if_flag):
+            return self._entry(pre)
+        return None
+
+    async def _entry(self, pre: bool) -> None:
+        t0 = self._local()
+        if pre:
+            await self.pre_run()
+        if self.kvm_pending and self.if_flag:
+            await self._take_injected()
+        tg = self._local()
+        self.account.exit_ns += tg - t0
+        tracer = self.board.tracer
+        if tracer is not None and tg > t0:
+            tracer.span(self.name, "pre_run", t0, tg)
+
     async def pre_run(self) -> None:
-        """``kvm_arch_pre_run`` (target/i386/kvm/kvm.c), with or without patch 6/6.
+        """``kvm_arch_pre_run``'s work under the BQL, with or without patch 6/6.
 
         Work under the BQL is charged to this vCPU's own keeper (what ``host.delay`` would find)."""
-        m = self.machine
-        if m.kernel_irqchip == "on":
+        b = self.board
+        if b.kernel_irqchip == "on":
             return
         ir = self.interrupt_request
-        bql = m.bql
+        bql = b.bql
         if ir & (CPU_INTERRUPT_NMI | CPU_INTERRUPT_SMI):
             async with bql.held("kvm_arch_pre_run nmi/smi"):
                 self.interrupt_request &= ~(CPU_INTERRUPT_NMI | CPU_INTERRUPT_SMI)
-                await self.keeper.delay(m.costs.irq_inject_ns)
-        if "irqchip-pre-run" not in m.host.patches:
+                await self.keeper.delay(b.costs.irq_inject_ns)
+        if "irqchip-pre-run" not in b.patches:
             async with bql.held("kvm_arch_pre_run"):
-                await self.keeper.delay(m.costs.pre_run_ns)
+                await self.keeper.delay(b.costs.pre_run_ns)
                 self._pre_run_locked()
             return
         # 6/6: interrupt_request is read without the BQL; take it only when there is work.
@@ -390,7 +483,7 @@ class VCPU:
             self.exit_request = True
         if ir & CPU_INTERRUPT_HARD and self.if_flag:
             async with bql.held("kvm_arch_pre_run irq"):
-                await self.keeper.delay(m.costs.pre_run_ns)
+                await self.keeper.delay(b.costs.pre_run_ns)
                 self._pre_run_locked()
 
     def _pre_run_locked(self) -> None:
@@ -400,111 +493,88 @@ class VCPU:
             self.exit_request = True
         if ir & CPU_INTERRUPT_HARD and self.if_flag:
             self.interrupt_request &= ~CPU_INTERRUPT_HARD
-            vector = self._hard_vectors.pop(0) if self._hard_vectors else self.machine.pic_interrupt(self)
+            vector = self._hard_vectors.pop(0) if self._hard_vectors else self.board.pic_interrupt(self)
             if vector >= 0:
                 self.kvm_pending.append(vector)  # KVM_INTERRUPT: injected at this entry
             if self._hard_vectors:
                 self.interrupt_request |= CPU_INTERRUPT_HARD
         self.exit_request = False
 
-    async def post_run(self) -> None:
-        """``kvm_arch_post_run``: with a userspace APIC, sync TPR/APIC base under the BQL."""
+    async def kvm_arch_post_run(self) -> None:
+        """``kvm_arch_post_run``, after every return from KVM_RUN: with a userspace APIC
+        (kernel-irqchip=off) it syncs the TPR and APIC base under the BQL; otherwise nothing."""
+        b = self.board
+        if b.kernel_irqchip != "off":
+            return
         t0 = self._local()
-        async with self.machine.bql.held("kvm_arch_post_run"):
+        async with b.bql.held("kvm_arch_post_run"):
             pass
-        self.exit_ns += self._local() - t0
+        self.account.exit_ns += self._local() - t0
 
     async def _take_injected(self) -> None:
         """The guest takes injected interrupts: injection, its handler, and the LAPIC EOI."""
-        m = self.machine
-        costs = m.costs
+        b = self.board
+        costs = b.costs
+        acct = self.account
         while self.kvm_pending:
             vector = self.kvm_pending.pop(0)
             self.taken[vector] += 1
-            self.interrupts += 1
-            self.exits["irq"] += 1
-            await m.host.delay(costs.irq_inject_ns + costs.kernel_exit_ns)
-            await m.eoi(self, vector)
+            acct.interrupts += 1
+            acct.exits["irq"] += 1
+            await self.keeper.delay(costs.irq_inject_ns + costs.kernel_exit_ns)
+            await b.eoi(self, vector)
 
-    async def handle(self, ex: Exit, costs: Any) -> Any:
-        """Handle one exit; returns what the guest receives."""
-        m = self.machine
-        k = self.keeper
+    async def handle(self, ex: Exit) -> Any:
+        """Handle an exit that is not a port or memory access; returns what the guest receives."""
+        b = self.board
+        costs = b.costs
+        acct = self.account
         cls = ex.__class__
-        if cls in _ACCESS:
-            mmio, is_read = _ACCESS[cls]
-            addr = ex.addr if mmio else ex.port  # type: ignore[union-attr]
-            space = m.memory if mmio else m.io
-            kind = "mmio" if mmio else "pio"
-            t0 = self._local()
-            self.exits[kind] += 1
-            self.current_exit = kind
-            if k.advance(costs.mmio_exit_ns if mmio else costs.pio_exit_ns):
-                await k.sync()
-            if is_read:
-                value, _res = await space.read(addr, ex.size)  # type: ignore[union-attr]
-            else:
-                value = None
-                await space.write(addr, ex.value, ex.size)  # type: ignore[union-attr]
-            self._account_access(space, addr, t0)
-            return value
         if cls is Halt:
             return await self.halt()
         if cls is WaitForVector:
             v = ex.vector  # type: ignore[union-attr]
             while not self.taken[v]:
                 await self.halt()
-                if self.interrupt_request & CPU_INTERRUPT_HARD and m.kernel_irqchip != "on" and self.if_flag:
+                if self.interrupt_request & CPU_INTERRUPT_HARD and b.kernel_irqchip != "on" and self.if_flag:
                     # a PIC/userspace-LAPIC interrupt woke us: it becomes a vector at the entry
                     # (kvm_arch_pre_run), as when the guest re-enters after the HLT exit
                     t0 = self._local()
                     await self.pre_run()
-                    self.exit_ns += self._local() - t0
+                    acct.exit_ns += self._local() - t0
                 if self.kvm_pending and self.if_flag:
                     t0 = self._local()
                     await self._take_injected()
-                    self.exit_ns += self._local() - t0
+                    acct.exit_ns += self._local() - t0
             self.taken[v] -= 1
             return v
         if cls is SendIPI:
-            self.exits["ipi"] += 1
+            acct.exits["ipi"] += 1
             t0 = self._local()
-            await m.host.delay(costs.ipi_ns)
-            m.send_ipi(self, ex.dest, ex.vector)  # type: ignore[union-attr]
-            self.exit_ns += self._local() - t0
+            await self.keeper.delay(costs.ipi_ns)
+            b.send_ipi(self, ex.dest, ex.vector)  # type: ignore[union-attr]
+            acct.exit_ns += self._local() - t0
             return None
         if cls is LAPICTimer:
-            self.exits["lapic-timer"] += 1
+            acct.exits["lapic-timer"] += 1
             t0 = self._local()
-            await m.host.delay(costs.kernel_exit_ns)
-            m.arm_lapic_timer(self, ex.delay_ns, ex.vector)  # type: ignore[union-attr]
-            self.exit_ns += self._local() - t0
+            await self.keeper.delay(costs.kernel_exit_ns)
+            b.arm_lapic_timer(self, ex.delay_ns, ex.vector)  # type: ignore[union-attr]
+            acct.exit_ns += self._local() - t0
             return None
         raise GuestError(f"vCPU {self.index}: guest program yielded {ex!r}, which is not an exit")
 
-    def _account_access(self, space: Any, addr: int, t0: int) -> None:
-        hit = space.translate(addr) if 0 <= addr < space.limit else None
-        self._account_name(hit[0].name if hit is not None else "unassigned", t0)
-
-    def _account_name(self, name: str, t0: int) -> None:
-        """An access to region ``name`` that began (exit) at local time ``t0`` ends now."""
-        dt = self._local() - t0
-        self.exit_ns += dt
-        if self.machine.tracer is not None:
-            self.machine.tracer.span(self.name, f"{self.current_exit} {name}", t0, t0 + dt)
-        lat = self.latency.get(name)
-        if lat is None:
-            lat = self.latency[name] = array("q")
-        lat.append(dt)
-
     async def halt(self) -> int:
-        """HLT: wait for an interrupt. In-kernel LAPIC: the kernel waits; else QEMU does, then
-        retakes the BQL (``qemu_wait_io_event``)."""
+        """HLT: wait for an interrupt. In-kernel LAPIC: the kernel waits; else HLT is an exit to
+        QEMU (``kvm_arch_post_run`` runs), which waits, then retakes the BQL (``qemu_wait_io_event``)."""
         k = self.keeper
         if k.offset_ns:
             await k.sync()
-        self.exits["hlt"] += 1
+        b = self.board
+        acct = self.account
+        acct.exits["hlt"] += 1
         self.current_exit = "hlt"
+        await self.kvm_arch_post_run()
         t0 = clock.now_ns()
         loop = asyncio.get_running_loop()
         while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
@@ -515,27 +585,18 @@ class VCPU:
             finally:
                 self._wake = None
                 self.halted = False
-        self.halted_ns += clock.now_ns() - t0
-        if self.machine.tracer is not None:
-            self.machine.tracer.span(self.name, "halted", t0, clock.now_ns())
-        if self.machine.kernel_irqchip == "off":
+        acct.halted_ns += clock.now_ns() - t0
+        if b.tracer is not None:
+            b.tracer.span(self.name, "halted", t0, clock.now_ns())
+        if b.kernel_irqchip == "off":
             t1 = clock.now_ns()
-            async with self.machine.bql.held("qemu_wait_io_event"):
+            async with b.bql.held("qemu_wait_io_event"):
                 pass
-            self.exit_ns += clock.now_ns() - t1
+            acct.exit_ns += clock.now_ns() - t1
         self.current_exit = "running"
         return self.kvm_pending[0] if self.kvm_pending else -1
 
     # -- reports -----------------------------------------------------------------------------------
-    def lock_wait_ns(self) -> dict[str, int]:
-        """Virtual time this vCPU waited for each lock (from the locks' per-task accounting)."""
-        out: dict[str, int] = {}
-        for lock in self.machine.all_locks():
-            for t in lock.statistics().tasks:
-                if t.task == self.name:
-                    out[lock.name] = t.wait_total_ns
-        return out
-
     def describe(self) -> str:
         """A one-line state for ``info cpus`` / deadlock reports."""
         state = "halted" if self.halted else ("finished" if self.finished else "running")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from array import array
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -191,6 +191,11 @@ class Machine:
         """Whether a switch of the series is on."""
         return name in self.host.patches
 
+    @property
+    def patches(self) -> set[str]:
+        """The switches that are on (the live set: what vCPUs and devices read)."""
+        return self.host.patches
+
     def set_patch(self, name: str, on: bool) -> None:
         """Flip a switch at run time (prerequisites checked) and re-apply it to the devices."""
         self.host.set_patch(name, on)
@@ -234,10 +239,11 @@ class Machine:
 
     def region_latency(self, name: str) -> RegionLatency:
         """Latency percentiles of accesses to region ``name`` over all vCPUs."""
-        parts = [c.latency[name] for c in self.vcpus if name in c.latency]
-        merged = array("q")
-        for p in parts:
-            merged.extend(p)
+        merged: Counter[int] = Counter()
+        for c in self.vcpus:
+            counts = c.latency.get(name)
+            if counts is not None:
+                merged.update(counts)
         return region_latency(name, merged)
 
     def describe_waiters(self) -> dict[asyncio.Task[Any], str]:

@@ -4,7 +4,7 @@ Every figure of ``Result.to_dict()`` except wall time is checked against ``tests
 When the model changes on purpose, regenerate them and say in the commit which figures moved
 and why::
 
-    python tests/test_golden.py --regen
+    python tests/test_golden.py --regen [NAME ...]     # all, or the named ones
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ def test_golden(name: str) -> None:
                              f"on purpose, run `python tests/test_golden.py --regen` and say why")
 
 
-def regenerate() -> None:
+def regenerate(names: list[str]) -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
-    for name, options in sorted(CONFIGS.items()):
+    for name in names or sorted(CONFIGS):
         path = GOLDEN / f"{name}.json"
-        path.write_text(json.dumps(document(options), indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps(document(CONFIGS[name]), indent=1, sort_keys=True) + "\n")
         print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--regen"]:
-        sys.exit("usage: python tests/test_golden.py --regen")
-    regenerate()
+    args = sys.argv[1:]
+    if args[:1] != ["--regen"] or any(a not in CONFIGS for a in args[1:]):
+        sys.exit(f"usage: python tests/test_golden.py --regen [NAME ...]; names: {', '.join(sorted(CONFIGS))}")
+    regenerate(args[1:])

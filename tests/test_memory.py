@@ -30,6 +30,7 @@ from aemu.memory import (
     mtree_text,
     prepare_mmio_access,
 )
+from aemu.memory.dispatch import DirectAccess, InvalidAccess, IOAccess, SplitAccess, UnassignedAccess
 from aemu.sync import Lock, bql_locked
 
 OK = MemTxResult.OK
@@ -938,8 +939,8 @@ class TestMtree:
         assert repr(space) == "<AddressSpace 'memory' root='system' 64-bit, 1 flat ranges>"
 
 
-class TestFastRead:
-    """AddressSpace.fast_read: the dispatch of a hot read, resolved once and dropped on a render."""
+class TestAccess:
+    """AddressSpace.access: one (addr, size) resolved once, dropped on a render."""
 
     @staticmethod
     def _dev(name: str, value: int) -> MemoryRegion:
@@ -952,28 +953,63 @@ class TestFastRead:
         return MemoryRegion.io(name, 0x100, MemoryRegionOps(read=read, write=None, read_nowait=read_nowait,
                                                             valid_min=4, valid_max=8, impl_min=4, impl_max=8))
 
-    def test_resolves_once_and_follows_topology_changes(self) -> None:
+    async def test_resolves_once_and_follows_topology_changes(self) -> None:
         root = MemoryRegion.container("system", 1 << 32)
         dev = self._dev("dev", 0x1000)
+        dev.enable_lockless_io()
         root.add_subregion(0xFED00000, dev)
         space = AddressSpace("memory", root)
-        hit = space.fast_read(0xFED000F0, 8)
-        assert hit is not None
-        read, off, mr, mask = hit
-        assert (off, mr, mask) == (0xF0, dev, (1 << 64) - 1) and read(off, 8) == 0x10F0
-        assert space.fast_reads[0xFED000F0 << 4 | 8] is hit  # cached
-        assert space.fast_read(0xFED000F0, 2) is None  # size the device does not accept
-        assert space.fast_read(0xFED000F2, 4) is None  # misaligned
-        assert space.fast_read(0xFED00100, 4) is None  # a hole
+        acc = space.access(0xFED000F0, 8)
+        assert isinstance(acc, IOAccess) and (acc.region, acc.offset, acc.name) == (dev, 0xF0, "dev")
+        assert space.access(0xFED000F0, 8) is acc  # cached
+        assert acc.read_nowait() == (0x10F0, OK)  # the device's no-await read
+        assert await acc.read() == (0x1000, OK)  # the full path runs the coroutine handler
+        assert isinstance(space.access(0xFED000F0, 2), InvalidAccess)  # size the device does not accept
+        assert isinstance(space.access(0xFED000F2, 4), InvalidAccess)  # misaligned
+        assert isinstance(space.access(0xFED00100, 4), UnassignedAccess)  # a hole
+        assert space.access(0xFED00100, 4).name == "unassigned"
         over = self._dev("over", 0x2000)
+        over.enable_lockless_io()
         root.add_subregion_overlap(0xFED00000, over, 1)  # the FlatView changes: the cache goes
         assert space._dirty
-        hit = space.fast_read(0xFED000F0, 8)
-        assert hit is not None and hit[2] is over and hit[0](hit[1], 8) == 0x20F0
+        acc2 = space.access(0xFED000F0, 8)
+        assert acc2 is not acc and acc2.name == "over" and acc2.read_nowait() == (0x20F0, OK)
 
-    def test_plain_handlers_and_ram_are_not_fast_reads(self) -> None:
+    async def test_kinds(self) -> None:
         root = MemoryRegion.container("system", 1 << 20)
-        root.add_subregion(0, MemoryRegion.ram("ram", 0x1000))
-        root.add_subregion(0x2000, MemoryRegion.io("plain", 0x10, MemoryRegionOps(read=lambda o, s: 7, write=None)))
+        ram = MemoryRegion.ram("ram", 0x1000)
+        root.add_subregion(0, ram)
+        plain = MemoryRegion.io("plain", 0x10, MemoryRegionOps(read=lambda o, s: 7, write=None))
+        root.add_subregion(0x1000, plain)
         space = AddressSpace("memory", root)
-        assert space.fast_read(0x10, 4) is None and space.fast_read(0x2000, 4) is None
+        assert isinstance(space.access(0x10, 4), DirectAccess)
+        split = space.access(0xFFE, 4)  # two bytes of RAM, two of the device
+        assert isinstance(split, SplitAccess) and [p.name for _s, p in split.pieces] == ["ram", "plain"]
+        assert split.read_nowait() is None  # the device piece needs the BQL: nothing is done
+        assert ram.reads == 0
+        assert await split.read() == (0x0007_0000, OK)
+        assert (ram.reads, plain.reads) == (1, 1)
+        bad = space.access(0x10, 3)
+        assert isinstance(bad, InvalidAccess) and bad.read_nowait() == (ones(3), ACCESS_ERROR)
+
+    async def test_only_accesses_that_need_the_bql_go_through_prepare_mmio_access(self) -> None:
+        import aemu.memory.dispatch as dispatch
+
+        calls: list[str] = []
+        real = dispatch.prepare_mmio_access
+
+        async def counting(space: AddressSpace, mr: MemoryRegion, site: str) -> bool:
+            calls.append(mr.name)
+            return await real(space, mr, site)
+
+        dispatch.prepare_mmio_access = counting  # type: ignore[assignment]
+        try:
+            locked = MemoryRegion.io("locked", 4, MemoryRegionOps(read=lambda o, s: 1, write=None))
+            free = MemoryRegion.io("free", 4, MemoryRegionOps(read=lambda o, s: 2, write=None))
+            free.enable_lockless_io()
+            space = make_space((0, locked), (4, free))
+            assert await space.read(0, 4) == (1, OK)
+            assert await space.read(4, 4) == (2, OK)
+            assert calls == ["locked"]
+        finally:
+            dispatch.prepare_mmio_access = real  # type: ignore[assignment]

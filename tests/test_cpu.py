@@ -1,0 +1,110 @@
+"""The vCPU exit loop: one path per exit, post_run after every exit, its books, one BQL decision."""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import aemu.memory.dispatch as dispatch
+from aemu import MachineConfig, simulate
+from aemu.cpu import Compute, GuestProgram, MMIORead, PIORead, PIOWrite, VCPUAccount
+from aemu.machine import Machine
+from aemu.memory import AddressSpace, MemoryRegion
+from aemu.workloads.base import Metric, Workload
+
+SPLIT = "-M q35,hpet=on -smp {n} -accel kvm,kernel-irqchip={chip} --workload {w} --series {s} {extra}"
+
+
+def config(n: int = 1, chip: str = "split", w: str = "hpet-bench", s: str = "before", extra: str = "") -> MachineConfig:
+    return MachineConfig.parse(SPLIT.format(n=n, chip=chip, w=w, s=s, extra=extra))
+
+
+def site_acquisitions(result: Any, site: str, lock: str = "BQL") -> int:
+    return sum(s.acquisitions for s in result.locks[lock].sites if s.site == site)
+
+
+class TestPostRun:
+    """``kvm_arch_post_run`` runs after every return from KVM_RUN (with kernel-irqchip=off it takes the BQL)."""
+
+    def test_after_every_pio_exit(self) -> None:
+        r = simulate(config(chip="off", w="pmtimer-bench", extra="--param reads=300 -M q35,hpet=off"))
+        exits = r.vcpus[0].exits_by_kind
+        assert exits == {"pio": 300}
+        assert site_acquisitions(r, "kvm_arch_post_run") == 300
+
+    @pytest.mark.parametrize("series", ["before", "after"])
+    def test_after_every_exit_of_a_boot(self, series: str) -> None:
+        r = simulate(config(n=4, chip="off", w="boot", s=series))
+        assert r.finished
+        exits = sum(n for v in r.vcpus for kind, n in v.exits_by_kind.items() if kind != "irq")
+        # interrupt deliveries ("irq") are injections at an entry, not returns from KVM_RUN
+        assert site_acquisitions(r, "kvm_arch_post_run") == exits
+
+    @pytest.mark.parametrize("chip", ["on", "split"])
+    def test_no_bql_with_an_in_kernel_lapic(self, chip: str) -> None:
+        r = simulate(config(n=2, chip=chip, w="boot", s="before"))
+        assert site_acquisitions(r, "kvm_arch_post_run") == 0
+
+
+class TestOneDecision:
+    """One HPET read passes through prepare_mmio_access once when it needs the BQL, never otherwise."""
+
+    @pytest.fixture
+    def calls(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+        seen: list[str] = []
+        real = dispatch.prepare_mmio_access
+
+        async def counting(space: AddressSpace, mr: MemoryRegion, site: str) -> bool:
+            seen.append(mr.name)
+            return await real(space, mr, site)
+
+        monkeypatch.setattr(dispatch, "prepare_mmio_access", counting)
+        yield seen
+
+    @pytest.mark.parametrize("series, extra, expected", [
+        ("before", "", 101),  # the ENABLE write and 100 counter reads, each under the BQL
+        ("after", "", 0),  # hpet-lock: the region is lockless; the counter read takes no lock
+        ("after", "--patch=-hpet-counter-lockless", 0),  # the HPET's own mutex, not the BQL
+    ])
+    def test_hpet_reads(self, calls: list[str], series: str, extra: str, expected: int) -> None:
+        r = simulate(config(s=series, extra=f"--param reads=100 {extra}"))
+        assert r.regions_by_name()["hpet"].count == 101
+        assert calls.count("hpet") == expected
+        assert site_acquisitions(r, "hpet read") + site_acquisitions(r, "hpet write") == expected
+
+
+class _Probe(Workload):
+    """A guest that reads and writes a PIO port and computes."""
+
+    name = "probe"
+
+    def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
+        for _ in range(5):
+            yield PIOWrite(0x80, 1, 1)  # ioport80, BQL-bound
+            yield Compute(1_000)
+            yield MMIORead(0xFED000F0, 8)
+        yield PIORead(0x608, 4)
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nothing", 0, "")
+
+
+class TestBooks:
+    def test_time_adds_up_and_accesses_are_counted(self) -> None:
+        r = simulate(config(n=2, s="after"), _Probe())
+        for v in r.vcpus:
+            assert v.exits_by_kind == {"pio": 6, "mmio": 5}
+            assert v.guest_ns == 5_000
+            assert v.guest_ns + v.exit_ns + v.lock_wait_ns + v.halted_ns == v.finish_ns - v.start_ns
+            assert v.exits_by_region == {"ioport80": 5, "hpet": 5, "acpi-tmr": 1}
+
+    def test_latency_is_folded_into_value_counts(self) -> None:
+        acct = VCPUAccount()
+        acct.samples["r"] = array("q", [5, 5, 7])
+        acct.fold("r")
+        acct.samples["r"].extend([5, 9])
+        assert acct.latency() == {"r": {5: 3, 7: 1, 9: 1}}
+        assert len(acct.samples["r"]) == 0
