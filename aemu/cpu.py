@@ -150,11 +150,6 @@ class Shutdown:
     """KVM_EXIT_SHUTDOWN (e.g. a triple fault or an ACPI power-off): this vCPU stops."""
 
 
-#: exit class -> (is MMIO, is a read)
-_ACCESS: dict[type, tuple[bool, bool]] = {
-    PIORead: (False, True), PIOWrite: (False, False), MMIORead: (True, True), MMIOWrite: (True, False),
-}
-
 Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVector, SendIPI, LAPICTimer, Shutdown]
 GuestProgram = Generator[Exit, Any, None]
 
@@ -260,6 +255,8 @@ class VCPU:
         self.account = VCPUAccount()
         self.task: asyncio.Task[None] | None = None
         self._now: Callable[[], int] = clock.now_ns
+        self._patches: AbstractSet[str] = board.patches
+        self._irqchip_in_qemu = board.kernel_irqchip != "on"
 
     # the books, as the reports read them
     @property
@@ -327,6 +324,8 @@ class VCPU:
     async def run(self) -> None:
         """``kvm_cpu_exec`` until the guest program returns: pre_run, run, handle the exit, post_run."""
         b = self.board
+        self._patches = b.patches  # the live set: switches flipped at run time are seen
+        self._irqchip_in_qemu = b.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
         k = self.keeper
         k.attach()
         loop = asyncio.get_running_loop()
@@ -340,6 +339,16 @@ class VCPU:
         send: Any = None
         costs = b.costs
         running = clock._running
+        memory = b.memory
+        #: exit class -> (kind, address space, exit round trip ns, is a read)
+        io_exits: dict[type, tuple[str, AddressSpace, int, bool]] = {
+            MMIORead: ("mmio", memory, costs.mmio_exit_ns, True),
+            MMIOWrite: ("mmio", memory, costs.mmio_exit_ns, False),
+            PIORead: ("pio", b.io, costs.pio_exit_ns, True),
+            PIOWrite: ("pio", b.io, costs.pio_exit_ns, False),
+        }
+        samples_of = acct.samples
+        fold_at = _FOLD_AT
         try:
             while True:
                 if b.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
@@ -373,15 +382,12 @@ class VCPU:
                     break
                 # handle the exit
                 cls = ex.__class__
-                io = _ACCESS.get(cls)
+                io = io_exits.get(cls)
                 if io is not None:
                     # KVM_EXIT_IO / KVM_EXIT_MMIO: the access needs no lock, or it waits
                     # (address_space_rw decides, in prepare_mmio_access)
-                    mmio, is_read = io
-                    if mmio:
-                        kind, space, exit_cost, addr = "mmio", b.memory, costs.mmio_exit_ns, ex.addr  # type: ignore[union-attr]
-                    else:
-                        kind, space, exit_cost, addr = "pio", b.io, costs.pio_exit_ns, ex.port  # type: ignore[union-attr]
+                    kind, space, exit_cost, is_read = io
+                    addr = ex.addr if space is memory else ex.port  # type: ignore[union-attr]
                     exits[kind] += 1
                     self.current_exit = kind
                     t0 = now() + k.offset_ns
@@ -401,25 +407,29 @@ class VCPU:
                     dt = now() + k.offset_ns - t0
                     acct.exit_ns += dt
                     name = acc.name
-                    samples = acct.samples.get(name)
+                    samples = samples_of.get(name)
                     if samples is None:
-                        samples = acct.samples[name] = array("q")
+                        samples = samples_of[name] = array("q")
                     samples.append(dt)
-                    if len(samples) >= _FOLD_AT:
+                    if len(samples) >= fold_at:
                         acct.fold(name)
-                    if b.tracer is not None:
-                        b.tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
+                    if tracer is not None:
+                        tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
                     if k.offset_ns > k.quantum_ns:
                         await k.sync()
                 elif cls is Shutdown:
                     exits["shutdown"] += 1
                     program.close()
-                    await self.kvm_arch_post_run()
+                    post = self.kvm_arch_post_run()
+                    if post is not None:
+                        await post
                     break
                 else:
                     send = await self.handle(ex)
                 if cls is not Halt and cls is not WaitForVector:  # HLT exits run it in halt()
-                    await self.kvm_arch_post_run()
+                    post = self.kvm_arch_post_run()
+                    if post is not None:
+                        await post
         finally:
             if k.offset_ns and not k.locks_held:
                 try:
@@ -442,8 +452,7 @@ class VCPU:
         with ``irqchip-pre-run`` (6/6) only when ``interrupt_request`` has work, read without the
         BQL. Returns None when the entry has nothing to do (no await), else the work to await.
         """
-        b = self.board
-        pre = b.kernel_irqchip != "on" and bool(self.interrupt_request or "irqchip-pre-run" not in b.patches)
+        pre = self._irqchip_in_qemu and bool(self.interrupt_request or "irqchip-pre-run" not in self._patches)
         if pre or (self.kvm_pending and self.if_flag):
             return self._entry(pre)
         return None
@@ -500,14 +509,17 @@ class VCPU:
                 self.interrupt_request |= CPU_INTERRUPT_HARD
         self.exit_request = False
 
-    async def kvm_arch_post_run(self) -> None:
+    def kvm_arch_post_run(self) -> Awaitable[None] | None:
         """``kvm_arch_post_run``, after every return from KVM_RUN: with a userspace APIC
-        (kernel-irqchip=off) it syncs the TPR and APIC base under the BQL; otherwise nothing."""
-        b = self.board
-        if b.kernel_irqchip != "off":
-            return
+        (kernel-irqchip=off) it syncs the TPR and APIC base under the BQL (the work to await);
+        otherwise there is nothing to do (None)."""
+        if self.board.kernel_irqchip != "off":
+            return None
+        return self._apic_sync()
+
+    async def _apic_sync(self) -> None:
         t0 = self._local()
-        async with b.bql.held("kvm_arch_post_run"):
+        async with self.board.bql.held("kvm_arch_post_run"):
             pass
         self.account.exit_ns += self._local() - t0
 
@@ -574,7 +586,9 @@ class VCPU:
         acct = self.account
         acct.exits["hlt"] += 1
         self.current_exit = "hlt"
-        await self.kvm_arch_post_run()
+        post = self.kvm_arch_post_run()
+        if post is not None:
+            await post
         t0 = clock.now_ns()
         loop = asyncio.get_running_loop()
         while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
