@@ -117,8 +117,11 @@ class MainLoop:
             async with self.bql.held("main-loop timers"):
                 while self._ready:
                     timer = self._ready.pop(0)
-                    if timer.expire_ns > clock.now_ns() or timer.pending:
-                        continue  # re-armed for later since it expired
+                    expire = timer.expire_ns
+                    if expire < 0 or expire > clock.now_ns() or timer.pending:
+                        # deleted (timer_del), already run, or re-armed for later since it expired:
+                        # QEMU's timerlist_run_timers looks at the list as it is now
+                        continue
                     timer.expire_ns = -1
                     await clock.sleep_ns(self.timer_cb_ns)
                     timer.fired += 1

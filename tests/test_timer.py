@@ -185,8 +185,6 @@ class TestUnderTheBQL:
 class TestExpiredThenChanged:
     """QEMU's timerlist_run_timers sees a timer once, as it is when the main loop gets to it."""
 
-    @pytest.mark.xfail(strict=True, reason="aemu.timer: a timer deleted after it expired, before the main "
-                                           "loop ran it, still fires (QEMU's timer_del takes it off the list)")
     async def test_deleted_after_expiry_before_running_does_not_fire(self, main_loop: MainLoop, bql: Lock) -> None:
         log: Log = []
         t = logging_timer(main_loop, "a", log)
@@ -197,8 +195,6 @@ class TestExpiredThenChanged:
         await sleep_ns(1_000)
         assert log == []
 
-    @pytest.mark.xfail(strict=True, reason="aemu.timer: a timer re-armed after it expired and expiring "
-                                           "again before the main loop runs it fires twice")
     async def test_expired_twice_before_running_fires_once(self, main_loop: MainLoop, bql: Lock) -> None:
         log: Log = []
         t = logging_timer(main_loop, "a", log)
