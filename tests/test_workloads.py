@@ -1,0 +1,235 @@
+"""Workloads (aemu.workloads): the registry, parameters and their defaults, the exits each built-in
+guest program yields, and the metric each scores a run by."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import pytest
+
+import aemu
+from aemu import MachineConfig, simulate
+from aemu.cpu import (Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI,
+                      WaitForVector)
+from aemu.errors import ConfigError
+from aemu.machine import Machine
+from aemu.result import Metric
+from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
+from aemu.workloads.boot import Boot
+from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, Idle, PMTimerBench
+
+SPLIT = "-accel kvm,kernel-irqchip=split"
+
+
+@pytest.fixture
+def registry() -> Iterator[dict[str, Any]]:
+    """WORKLOADS as it was before the test (user registrations are undone)."""
+    saved = dict(WORKLOADS)
+    yield WORKLOADS
+    WORKLOADS.clear()
+    WORKLOADS.update(saved)
+
+
+class Nap(Workload):
+    """A user workload: every vCPU computes ``ns`` once."""
+
+    name = "nap"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {"ns": 1_000}
+
+    def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
+        yield Compute(self.params["ns"])
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nap", self.params["ns"], "ns")
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+class TestRegistry:
+    def test_builtin_table(self) -> None:
+        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot)
+        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot"]
+        assert all(WORKLOADS[c.name] is c for c in BUILTIN_WORKLOADS)
+
+    def test_complete_on_import_without_get_workload(self) -> None:
+        code = ("from aemu.workloads.base import WORKLOADS; import aemu.workloads.micro, aemu.workloads.boot; "
+                "print(' '.join(WORKLOADS))")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot"]
+
+    def test_register_a_user_workload(self, registry: dict[str, Any]) -> None:
+        assert register(Nap) is Nap  # usable as a class decorator
+        wl = get_workload("nap", ns=5)
+        assert isinstance(wl, Nap) and wl.params == {"ns": 5}
+        r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload nap --param ns=2500"))
+        assert r.finished and r.metric == Metric("nap", 2500, "ns") and r.virtual_ns == 2500
+
+    def test_register_replaces_a_namesake(self, registry: dict[str, Any]) -> None:
+        class Idle2(Nap):
+            name = "idle"
+
+        register(Idle2)
+        assert isinstance(get_workload("idle"), Idle2)
+
+    def test_unknown_workload_lists_the_accepted(self) -> None:
+        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench"):
+            get_workload("nap")
+
+    def test_old_and_public_import_paths(self) -> None:
+        from aemu.workloads import base
+
+        assert (base.WORKLOADS, base.register, base.get_workload) == (WORKLOADS, register, get_workload)
+        assert base.WORKLOADS is WORKLOADS
+        assert aemu.register_workload is register and aemu.Workload is Workload is base.Workload
+        assert aemu.Metric is Metric is base.Metric
+        with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+            base.nope  # noqa: B018
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+class TestParameters:
+    @pytest.mark.parametrize("cls, defaults", [
+        (HPETBench, {"reads": 300}),
+        (PMTimerBench, {"reads": 300}),
+        (Idle, {"tick_ns": 1_000_000}),
+        (Boot, {"phases": 3, "stall_reads": 50, "stall_compute_ns": 1_000, "work_reads": 60,
+                "work_compute_ns": 50_000, "idle_ns": 200_000, "pci_slots": 32}),
+    ])
+    def test_defaults(self, cls: type[Workload], defaults: dict[str, Any]) -> None:
+        assert cls.defaults() == defaults
+        assert get_workload(cls.name).params == defaults
+
+    def test_params_override_defaults(self) -> None:
+        assert get_workload("boot", phases=1, pci_slots=2).params == {**Boot.defaults(), "phases": 1, "pci_slots": 2}
+
+    def test_unknown_parameter_names_the_accepted(self) -> None:
+        with pytest.raises(ConfigError, match=r"workload 'hpet-bench': unknown parameter 'read'; accepted: reads"):
+            get_workload("hpet-bench", read=1)
+        with pytest.raises(ConfigError, match=r"workload 'nap': unknown parameter 'x'; accepted: ns"):
+            Nap(x=1)
+
+    def test_a_workload_without_parameters(self) -> None:
+        class Bare(Nap):
+            @classmethod
+            def defaults(cls) -> dict[str, Any]:
+                return {}
+
+        with pytest.raises(ConfigError, match="accepted: none"):
+            Bare(ns=1)
+
+    def test_summaries_for_help(self) -> None:
+        assert all(c.summary for c in BUILTIN_WORKLOADS)
+        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False]
+
+
+# -- guest programs ------------------------------------------------------------------------------
+
+def program(args: str, index: int = 0, **params: Any) -> tuple[Machine, list[Exit]]:
+    """A machine built for ``args`` and vCPU ``index``'s program as a list (it must be finite)."""
+    m = machine(args, **params)
+    return m, list(m.workload.program(m, index, random.Random(0)))
+
+
+def machine(args: str, **params: Any) -> Machine:
+    config = MachineConfig.parse(args)
+    return Machine(config, get_workload(config.workload, **params))
+
+
+class TestPrograms:
+    def test_hpet_bench_bsp_enables_the_hpet_then_reads(self) -> None:
+        _, bsp = program(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", reads=3)
+        read, compute = MMIORead(HPET_COUNTER, 8), Compute(100)
+        assert bsp == [MMIOWrite(HPET_CFG, 1, 8), read, compute, read, compute, read, compute]
+        assert (HPET_CFG, HPET_COUNTER) == (0xFED00010, 0xFED000F0)
+
+    def test_hpet_bench_ap_only_reads(self) -> None:
+        _, ap = program(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", index=1, reads=2)
+        assert ap == [MMIORead(0xFED000F0, 8), Compute(100)] * 2
+
+    def test_hpet_bench_needs_the_hpet(self) -> None:
+        with pytest.raises(ConfigError, match=r"needs the HPET: use -M q35,hpet=on"):
+            machine(f"-M q35,hpet=off {SPLIT} --workload hpet-bench")
+
+    @pytest.mark.parametrize("board, port", [("q35", 0x608), ("pc", 0xB008)])
+    def test_pmtimer_bench_reads_the_boards_pm_timer(self, board: str, port: int) -> None:
+        m, prog = program(f"-M {board},hpet=off -smp 1 {SPLIT} --workload pmtimer-bench", reads=2)
+        assert m.pm_timer_port == port
+        assert prog == [PIORead(port, 4), Compute(100)] * 2
+
+    def test_idle_arms_its_lapic_timer_and_waits(self) -> None:
+        m = machine(f"-smp 1 {SPLIT} --workload idle", tick_ns=500)
+        prog = m.workload.program(m, 0, random.Random(0))
+        assert list(islice(prog, 6)) == [LAPICTimer(500, 0xEC), WaitForVector(0xEC)] * 3
+
+    def test_boot_bsp(self) -> None:
+        _, prog = program(f"-M q35,hpet=off -smp 1 {SPLIT} --workload boot", phases=2, stall_reads=2,
+                          work_reads=1, pci_slots=2, stall_compute_ns=10, work_compute_ns=20, idle_ns=30)
+        read = PIORead(0x608, 4)
+        banner = [PIOWrite(0x3F8, b, 1) for b in b"aemu boot: starting APs\r\n"]
+
+        def phase(n: int) -> list[Exit]:
+            return [read, Compute(10), read, Compute(10), Compute(20), read,
+                    *(PIOWrite(0x3F8, b, 1) for b in b"phase %d done\r\n" % n), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
+
+        assert prog == [
+            PIOWrite(0xCF8, 0x8000_0000, 4), PIORead(0xCFC, 4),  # PCI config scan, slot 0
+            PIOWrite(0xCF8, 0x8000_0800, 4), PIORead(0xCFC, 4),  # slot 1
+            PIOWrite(0x70, 0x00, 1), PIORead(0x71, 1),  # RTC seconds, minutes, hours
+            PIOWrite(0x70, 0x02, 1), PIORead(0x71, 1),
+            PIOWrite(0x70, 0x04, 1), PIORead(0x71, 1),
+            *banner, *phase(0), *phase(1)]
+
+    def test_boot_with_the_hpet_polls_the_hpet(self) -> None:
+        _, prog = program(f"-M q35,hpet=on -smp 1 {SPLIT} --workload boot", phases=1, pci_slots=0)
+        assert prog[0] == MMIOWrite(HPET_CFG, 1, 8)
+        reads = {e for e in prog if isinstance(e, (MMIORead, PIORead)) and e not in (PIORead(0x71, 1),)}
+        assert reads == {MMIORead(HPET_COUNTER, 8)}
+
+    def test_boot_bsp_starts_the_aps_and_the_aps_wait_for_it(self) -> None:
+        m = machine(f"-M q35,hpet=off -smp 3 {SPLIT} --workload boot", phases=1, pci_slots=0)
+        bsp = m.workload.program(m, 0, random.Random(0))
+        ipis = [e for e in islice(bsp, 200) if isinstance(e, SendIPI)]
+        assert ipis == [SendIPI(1, 0x30), SendIPI(2, 0x30)]
+        ap = m.workload.program(m, 2, random.Random(0))
+        assert next(ap) == WaitForVector(0x30)
+
+    def test_boot_rendezvous_spins_until_every_vcpu_arrives(self) -> None:
+        m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", phases=1, pci_slots=0, stall_reads=1,
+                    work_reads=1, stall_compute_ns=10, work_compute_ns=20)
+        ap = m.workload.program(m, 1, random.Random(0))
+        read = PIORead(0x608, 4)
+        assert list(islice(ap, 5)) == [WaitForVector(0x30), read, Compute(10), Compute(20), read]
+        assert list(islice(ap, 6)) == [read, Compute(10)] * 3  # the BSP has not arrived: spin
+        bsp = m.workload.program(m, 0, random.Random(0))
+        while next(bsp) != LAPICTimer(200_000, 0xEC):  # the BSP runs its phase and arrives
+            pass
+        assert list(ap) == [LAPICTimer(200_000, 0xEC), WaitForVector(0xEC)]  # checked after each stall
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+class TestMetrics:
+    def test_read_benches_score_the_median_read(self) -> None:
+        for args, region in ((f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench --param reads=20", "hpet"),
+                             (f"-smp 2 {SPLIT} --workload pmtimer-bench --param reads=20", "acpi-tmr")):
+            r = simulate(MachineConfig.parse(args))
+            assert r.metric == Metric("median read latency", r.regions_by_name()[region].p50, "ns")
+            assert r.metric.value > 0
+
+    def test_idle_scores_interrupts_per_vcpu(self) -> None:
+        r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload idle --param tick_ns=100000 --duration 1ms"))
+        assert r.metric == Metric("interrupts per vCPU", sum(v.interrupts for v in r.vcpus) / 2, "")
+        assert r.metric.value == 9  # ticks at 0.1, 0.2, ... 0.9 ms (plus exit costs) before the 1 ms cap
+
+    def test_boot_scores_its_time_in_ms(self) -> None:
+        r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload boot --param phases=1"))
+        assert r.finished and r.metric == Metric("boot time", r.virtual_ns / 1e6, "ms")
