@@ -591,17 +591,19 @@ class VCPU:
             await post
         t0 = clock.now_ns()
         loop = asyncio.get_running_loop()
-        while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
-            self.halted = True
-            self._wake = loop.create_future()
-            try:
-                await self._wake
-            finally:
-                self._wake = None
-                self.halted = False
-        acct.halted_ns += clock.now_ns() - t0
-        if b.tracer is not None:
-            b.tracer.span(self.name, "halted", t0, clock.now_ns())
+        try:
+            while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
+                self.halted = True
+                self._wake = loop.create_future()
+                try:
+                    await self._wake
+                finally:
+                    self._wake = None
+                    self.halted = False
+        finally:  # a run that ends (cap, Ctrl-C) while halted still books the halt
+            acct.halted_ns += clock.now_ns() - t0
+            if b.tracer is not None:
+                b.tracer.span(self.name, "halted", t0, clock.now_ns())
         if b.kernel_irqchip == "off":
             t1 = clock.now_ns()
             async with b.bql.held("qemu_wait_io_event"):

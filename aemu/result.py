@@ -75,7 +75,8 @@ def region_latency(name: str, counts: LatencyCounts | array[int] | Iterable[Late
     n = cumulative[-1]
 
     def at(q: float) -> int:
-        rank = max(1, -(-q * n // 100))  # ceil(q / 100 * n), at least the first access
+        hundredths = round(q * 100)  # integer arithmetic: a float rank is one too many at some n
+        rank = max(1, -(-hundredths * n // 10_000))  # ceil(q / 100 * n), at least the first access
         return values[bisect_left(cumulative, rank)]
 
     cdf = tuple((values[0] if p == 0 else at(p), p / 100) for p in _CDF_PERCENTILES)
