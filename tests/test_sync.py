@@ -746,7 +746,7 @@ class TestLock:
             return lock.statistics()
 
         once = scenario()
-        monkeypatch.setattr("aemu.sync.lock._FOLD_EVERY", 3)
+        monkeypatch.setattr("aemu.sync.lockstat._FOLD_EVERY", 3)
         folded = scenario()
         assert folded == once
         assert folded.wait_ns.buckets == once.wait_ns.buckets and once.contentions > 0
@@ -942,6 +942,52 @@ class TestGrantsFromRunAheadReleases:
         st = clock.run(main())
         assert st.cancelled_waits == 1
         check_invariants(st)
+
+
+class TestContendedPath:
+    """Every contended acquisition -- queued, granted from a run-ahead release after a sleep, or
+    run ahead to that grant -- ends in Lock._granted, once: the one place to instrument."""
+
+    @pytest.fixture
+    def granted_sites(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        sites: list[str] = []
+        granted = Lock._granted
+
+        def spy(self: Lock, *args: Any) -> None:
+            sites.append(args[2])
+            granted(self, *args)
+
+        monkeypatch.setattr(Lock, "_granted", spy)
+        return sites
+
+    @pytest.mark.parametrize("keeper_quantum", [None, 1_000_000])
+    def test_queued_or_run_ahead(self, keeper_quantum: int | None, granted_sites: list[str]) -> None:
+        st = _contention_model(12, 15, keeper_quantum=keeper_quantum, handoff_ns=150)
+        assert len(granted_sites) == st.contended_acquisitions > 100
+        check_invariants(st)
+
+    def test_granted_after_a_sleep(self, granted_sites: list[str]) -> None:
+        lock = Lock("L")
+
+        async def ahead() -> None:
+            k = clock.QuantumKeeper(10_000, hold_ahead=True)
+            k.attach()
+            await lock.acquire("a")
+            k.advance(1_000)
+            lock.release()  # free at local time 1000, global time 0
+            await k.sync()
+            k.detach()
+
+        async def plain() -> None:
+            await sleep_ns(400)
+            await lock.acquire("b")  # no keeper: sleeps until 1000
+            lock.release()
+
+        async def main() -> None:
+            await asyncio.gather(spawn("a", ahead()), spawn("b", plain()))
+
+        clock.run(main())
+        assert granted_sites == ["b"]
 
 
 def spawn_main(name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:

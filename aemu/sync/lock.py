@@ -1,157 +1,31 @@
-"""Accounted locks in virtual time: the BQL and device mutexes (:class:`Lock`), and QEMU's
-sequence lock (:class:`SeqLock`).
+"""The accounted lock: a ``QemuMutex`` (util/qemu-thread-posix.c) or, with ``bql=True``, the Big
+QEMU Lock (``bql_lock()``/``bql_unlock()`` in system/cpus.c), in virtual time.
 
-One lock class serves both the Big QEMU Lock (``bql=True``; QEMU's ``bql_lock()``/``bql_unlock()``
-in system/cpus.c, and :func:`bql_locked` for the thread-local ``bql_locked()``) and a device's own
-``QemuMutex`` (the HPET mutex of the BQL-free series). Every lock keeps the books QEMU's QSP
-(util/qsp.c, ``info sync-profile``) and Linux ``lock_stat`` keep, plus latency percentiles, all in
-integer nanoseconds of virtual time (:func:`aemu.clock.now_ns`).
-
-Hot-path rule: an uncontended acquire does not yield to the loop and records no sample beyond a
-few counters; the hold time of each release goes into a raw ``array('q')``. Samples are folded
-into HDR histograms only when :meth:`Lock.statistics` is called (``record_value`` costs about a
-microsecond, too much per acquisition), or every ``_FOLD_EVERY`` samples to bound memory.
+The front is small: :meth:`Lock.try_acquire` is the fast path (no await, a few counters), and
+every acquisition that has to wait goes through one coroutine, ``Lock._acquire_contended``, and
+ends in ``Lock._granted``. The books are kept by :class:`~aemu.sync.lockstat.LockStat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
-from itertools import accumulate
 from typing import Any, NoReturn
 
-from hdrh.histogram import HdrHistogram
-
 from ..clock import (_DONE, NS_PER_S, QuantumKeeper, VirtualTimeLoop, _keepers, call_at_ns, now_ns,
-                    register_wait_source, sleep_ns)
+                     register_wait_source, sleep_ns)
 from ..errors import ConfigError
 from ._task import Task, _current_task, _get_running_loop, _task_name, _task_of
 from .bql import _bql_enter, _bql_release
-from .stats import ContentionPoint, LockStatistics, SiteStats, TaskLockStats, TimeStats, _value_at
-
+from .lockstat import LockStat, _Account
+from .stats import LockStatistics
 
 __all__ = ["Lock"]
 
 #: Lock policies (see :class:`Lock`).
 POLICIES = ("fifo", "barging")
-
-#: HDR histogram range and precision: 1 ns resolution up to 2048 ns, then 3 significant digits
-#: (relative error below 1/1024, i.e. under 0.1 %) up to one day of virtual time. Longer values
-#: are clamped into the top bucket for percentiles only; min/max/total/mean stay exact.
-HDR_LOWEST_NS = 1
-HDR_HIGHEST_NS = 24 * 3600 * 1_000_000_000
-HDR_SIGNIFICANT_DIGITS = 3
-
-#: Fold raw samples into the histogram once this many are pending (bounds memory to ~8 MiB).
-_FOLD_EVERY = 1 << 20
-
-
-def _real_time_ns(loop: asyncio.AbstractEventLoop) -> int:
-    return int(loop.time() * NS_PER_S)
-
-
-
-# -- accounting internals ---------------------------------------------------------------------
-
-class _Account:
-    """Counters of one call site or one task (mutable; read into frozen rows by statistics())."""
-
-    __slots__ = ("acquisitions", "contentions", "cancelled_waits", "wait_total", "wait_max",
-                 "holds", "hold_total", "hold_max")
-
-    def __init__(self) -> None:
-        self.acquisitions = 0
-        self.contentions = 0
-        self.cancelled_waits = 0
-        self.wait_total = 0
-        self.wait_max = 0
-        self.holds = 0
-        self.hold_total = 0
-        self.hold_max = 0
-
-    def waited(self, wait: int) -> None:
-        """A contended acquisition that waited ``wait`` ns."""
-        self.acquisitions += 1
-        self.wait_total += wait
-        if wait > self.wait_max:
-            self.wait_max = wait
-
-
-class _Samples:
-    """Raw duration samples, folded on demand into an HDR histogram and exact aggregates.
-
-    ``raw`` is appended to on the hot path (the lock holds the same array); ``fold`` moves its
-    contents into the histogram and into exact count/min/max/total, and empties it.
-    """
-
-    __slots__ = ("raw", "count", "total", "min", "max", "_hist", "_cache")
-
-    def __init__(self, raw: array[int]) -> None:
-        self.raw = raw
-        self.count = 0
-        self.total = 0
-        self.min = 0
-        self.max = 0
-        self._hist: HdrHistogram | None = None
-        self._cache: TimeStats | None = None
-
-    def clear(self) -> None:
-        del self.raw[:]  # in place: the lock keeps a reference to the same array
-        self.count = self.total = self.min = self.max = 0
-        if self._hist is not None:
-            self._hist.reset()
-        self._cache = None
-
-    def fold(self, zeros: int = 0) -> None:
-        """Move pending raw samples (and ``zeros`` samples of 0 ns) into the histogram."""
-        raw = self.raw
-        if not raw and not zeros:
-            return
-        hist = self._hist
-        if hist is None:
-            hist = self._hist = HdrHistogram(HDR_LOWEST_NS, HDR_HIGHEST_NS, HDR_SIGNIFICANT_DIGITS)
-        counts = Counter(raw)  # virtual-time durations repeat a lot: one record per distinct value
-        if zeros:
-            counts[0] += zeros
-        record = hist.record_value
-        top = HDR_HIGHEST_NS
-        for value, n in counts.items():
-            record(value if value <= top else top, n)
-        lo = 0 if zeros else min(raw)
-        hi = max(raw) if raw else 0
-        self.min = lo if self.count == 0 else min(self.min, lo)
-        self.max = max(self.max, hi)
-        self.count += len(raw) + zeros
-        self.total += sum(raw)
-        del raw[:]
-        self._cache = None
-
-    def stats(self) -> TimeStats:
-        """The folded distribution, cached until new samples are folded in."""
-        cached = self._cache
-        if cached is not None:
-            return cached
-        if self.count == 0:
-            result = TimeStats()
-        else:
-            hist = self._hist
-            assert hist is not None
-            value_at = hist.get_value_from_index
-            highest = hist.get_highest_equivalent_value
-            buckets = tuple((highest(value_at(i)), c) for i, c in enumerate(hist.counts) if c)
-            cumulative = tuple(accumulate(c for _, c in buckets))
-            top = self.max
-            result = TimeStats(self.count, self.min, top, self.total, self.total / self.count,
-                               _value_at(buckets, cumulative, top, 50.0),
-                               _value_at(buckets, cumulative, top, 90.0),
-                               _value_at(buckets, cumulative, top, 99.0),
-                               _value_at(buckets, cumulative, top, 99.9),
-                               buckets, cumulative)
-        self._cache = result
-        return result
 
 
 class _Waiter:
@@ -159,7 +33,7 @@ class _Waiter:
 
     __slots__ = ("task", "site", "start", "holder_site", "fut", "handle", "queued", "acc", "tacc")
 
-    # its site's and task's rows in the current window, set by Lock._count_contention
+    # its site's and task's rows in the current window (LockStat.contention), cached for the grant
     acc: _Account
     tacc: _Account
 
@@ -170,24 +44,7 @@ class _Waiter:
         self.holder_site = holder_site
         self.fut: asyncio.Future[None] | None = None
         self.handle: asyncio.TimerHandle | None = None
-        self.queued = True
-
-
-def _no_loop_future() -> asyncio.Future[None]:
-    raise RuntimeError("a Lock makes futures only after its first acquisition on a loop")
-
-
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    """Timer callback ending a hand-off window: the wakee runs now (unless it was cancelled)."""
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _resolve_at(when_ns: int, fut: asyncio.Future[None]) -> asyncio.TimerHandle:
-    """End a hand-off window at ``when_ns`` on any loop (VirtualTimeLoop.resolve_at_ns is cheaper)."""
-    return call_at_ns(when_ns, _resolve, fut)
+        self.queued = False
 
 
 class _Held:
@@ -212,71 +69,34 @@ class _Held:
         return lock._done  # its result (None) lets the exception, if any, propagate
 
 
-# -- the lock ------------------------------------------------------------------------------------
-
 class Lock:
-    """A mutex for tasks with strict ownership, a hand-off model and full accounting.
+    """A mutex for tasks with strict ownership, a hand-off model and lock_stat/QSP books.
 
-    Models ``QemuMutex`` (and, with ``bql=True``, the BQL): ``await acquire(site=...)`` /
-    ``release()``, or ``async with lock.held(site=...)``. Not recursive: the owner acquiring again
-    raises ``RuntimeError``, as does a release by another task or of a free lock. The uncontended
-    acquire never yields to the event loop (like ``asyncio.Lock``), so a lock costs nothing in
-    virtual time unless it is contended.
+    ``await acquire(site=...)``/``release()``, or ``async with lock.held(site=...)``. Not
+    recursive: the owner acquiring again raises ``RuntimeError``, as does a release by another
+    task or of a free lock. A free lock is taken without yielding to the loop, so a lock costs
+    nothing in virtual time unless it is contended.
 
-    Hand-off, with ``handoff_ns`` = the wake-up latency of a blocked waiter (futex wake to the
-    waiter running on a CPU; 0 means "at the next loop turn", same virtual instant):
+    ``policy`` (``"fifo"`` or ``"barging"``) says what a release does when tasks wait; the woken
+    waiter runs ``handoff_ns`` later (futex wake to the waiter running on a CPU; 0 means the next loop turn, same virtual instant). *Wait* runs from
+    the acquire call to the moment the task runs holding the lock, hand-off included; *hold* from
+    then to the release.
 
-    ``policy="fifo"`` (a fair/ticket lock; Go's mutex in starvation mode; a futex with forced
-    hand-off such as a PI mutex, FUTEX_UNLOCK_PI giving the lock to the top waiter): release with
-    waiters passes ownership straight to the oldest waiter, which starts running ``handoff_ns``
-    later. During that window the lock is held by the wakee (``owner`` is the wakee, ``locked()``
-    is True) though it has not run yet, and every other task queues behind it: this is how lock
-    convoys form. Nobody can barge.
+    Cancellation strands nobody: a cancelled waiter leaves the queue; a wakee cancelled before it
+    ran passes on what it was given (the lock, or the wake-up); a holder cancelled inside
+    ``held()`` releases on the way out. :meth:`reset` opens a new accounting window and clips
+    whatever is in flight to it (QEMU's ``sync-profile reset``).
 
-    ``policy="barging"`` (glibc's default ``PTHREAD_MUTEX_NORMAL``, lowlevellock.h): release makes
-    the lock free and, if tasks are queued, wakes the oldest one (futex_wake of one waiter), which
-    arrives ``handoff_ns`` later. Any task calling acquire while the lock is free takes it at once,
-    even with waiters queued or a wakee on its way (a *barge*). A woken waiter that finds the lock
-    taken again goes back to the tail of the queue (futex_wait re-queues at the tail) and is
-    counted as a *requeue*, not as a new contention: ``contentions`` counts acquire calls that had
-    to wait, once each (like lock_stat's ``lock_contended``). Every release that finds tasks
-    queued wakes one, so several wakees can be on their way at once, as with glibc.
-
-    Accounting (integer ns of virtual time). *Wait* runs from the acquire call to the moment the
-    task runs holding the lock, so it includes ``handoff_ns``; *hold* runs from that moment to the
-    release. A wakee's hand-off window is therefore wait, nobody's hold.
-    ``acquisitions`` counts acquire calls that returned holding the lock; ``contentions`` those
-    that had to wait (counted when they start waiting); ``cancelled_waits`` waits that ended in
-    cancellation instead, including a fifo wakee cancelled after the hand-off but before it ran.
-    Invariant: ``contentions == contended_acquisitions + cancelled_waits + tasks_waiting``.
-
-    Cancellation: a waiter cancelled in the queue leaves it; a fifo wakee cancelled during its
-    hand-off window passes ownership on to the next waiter (which then runs ``handoff_ns`` after
-    the cancellation) or frees the lock; a barging wakee cancelled on its way passes its wake-up
-    on if the lock is free and tasks are queued. A holder cancelled inside ``held()`` releases on
-    the way out. So the lock is never left held by a task that will not release it, and no waiter
-    is stranded.
-
-    A hold is recorded when it ends (``hold_ns.count`` counts releases). :meth:`reset` opens a
-    new accounting window (QEMU's ``sync-profile reset``); whatever is in flight is clipped to the
-    reset instant: a running hold is measured from it (and counted as a hold of the new window at
-    its site and task), and each blocked waiter counts as a contention of the new window whose
-    wait starts at it. The holder's acquisition itself stays in the old window.
-
-    A lock belongs to the thread running its event loop (like asyncio's). It remembers the loop
-    it last ran on, so it can move from one :func:`aemu.clock.run` to the next. Cost on CPython
-    3.11 (see PERF-NOTES): an uncontended acquire + release is about 1 µs of wall time.
+    A lock belongs to the thread running its event loop and follows that loop from one
+    :func:`aemu.clock.run` to the next. An uncontended acquire + release costs about 1 µs of wall
+    time on CPython 3.11 (``bench/bench_lock.py``).
     """
 
     __slots__ = (
         "name", "handoff_ns", "policy", "bql", "_fifo",
-        "_owner", "_owner_site", "_owner_since", "_hold_start", "_owner_acc", "_owner_tacc",
-        "_queue", "_pending", "_held_cache",
-        "_acquisitions", "_contentions", "_contended", "_cancelled", "_handoffs", "_barges",
-        "_requeues", "_sites", "_tasks", "_holder_sites", "_wait_raw", "_hold_raw",
-        "_waits", "_holds", "_zeros_folded", "_window_start", "_last_ns", "_loop", "_clock", "_resolve_at",
-        "_free_at", "_last_site",
-        "_done", "_new_future",
+        "_owner", "_owner_site", "_owner_since", "_hold_start",
+        "_queue", "_pending", "_held_cache", "_stat",
+        "_last_ns", "_loop", "_clock", "_resolve_at", "_free_at", "_last_site", "_done", "_new_future",
         "tracer", "utilisation", "__weakref__",
     )
 
@@ -297,15 +117,9 @@ class Lock:
         self._owner_site: str | None = None
         self._owner_since = 0  # when the current owner was granted the lock
         self._hold_start = -1  # when the current owner started running with it; -1: not yet
-        self._owner_acc = _Account()  # the current holder's site and task rows
-        self._owner_tacc = _Account()
         self._queue: deque[_Waiter] = deque()
         self._pending: dict[Task, _Waiter] = {}  # every task blocked in acquire, queued or woken
         self._held_cache: dict[str, _Held] = {}
-        self._wait_raw: array[int] = array("q")  # waits of contended acquisitions (others are 0)
-        self._hold_raw: array[int] = array("q")  # every hold
-        self._waits = _Samples(self._wait_raw)
-        self._holds = _Samples(self._hold_raw)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop this lock last ran on
         self._clock: Callable[[], int] = now_ns  # that loop's virtual time in ns
         self._resolve_at: Callable[[int, asyncio.Future[None]], asyncio.TimerHandle | None] = _resolve_at
@@ -321,24 +135,8 @@ class Lock:
         self.tracer: Any = None
         #: An aemu.trace.Utilisation to receive busy intervals (owned, hand-off windows included), or None.
         self.utilisation: Any = None
-        self._new_window(self._now())
+        self._stat = LockStat(self._now())
         register_wait_source(self)
-
-    def _new_window(self, start: int) -> None:
-        self._window_start = start
-        self._acquisitions = 0
-        self._contentions = 0
-        self._contended = 0
-        self._cancelled = 0
-        self._handoffs = 0
-        self._barges = 0
-        self._requeues = 0
-        self._zeros_folded = 0
-        self._sites: dict[str, _Account] = {}
-        self._tasks: dict[str, _Account] = {}
-        self._holder_sites: dict[str, int] = {}
-        self._waits.clear()
-        self._holds.clear()
 
     # -- public API ------------------------------------------------------------------------------
     def held(self, site: str = "unknown") -> _Held:
@@ -376,20 +174,9 @@ class Lock:
         self._owner = task
         self._owner_site = site
         self._owner_since = self._hold_start = now
-        self._acquisitions += 1
-        if self._pending:
-            self._barges += 1
-        acc = self._sites.get(site)
-        if acc is None:
-            acc = self._sites[site] = _Account()
-        acc.acquisitions += 1
-        self._owner_acc = acc
-        name = task.get_name()
-        acc = self._tasks.get(name)
-        if acc is None:
-            acc = self._tasks[name] = _Account()
-        acc.acquisitions += 1
-        self._owner_tacc = acc
+        if self._pending:  # a barge: taken while tasks wait for it
+            self._stat.barges += 1
+        self._stat.acquired(site, task.get_name())
         if self.bql:
             _bql_enter(task, self._loop)
         return True
@@ -419,29 +206,17 @@ class Lock:
                 now += k.offset_ns  # the hold ends at the holder's local time
         self._last_ns = self._free_at = now
         self._last_site = self._owner_site or "unknown"
-        hold = now - self._hold_start
-        self._hold_raw.append(hold)
+        self._stat.released(now - self._hold_start)
         if self.utilisation is not None:  # busy: from the hand-off (or acquisition) to release
             self.utilisation.add(self._owner_since, now)
         if self.tracer is not None:
             self.tracer.span(self.name, task.get_name(), self._hold_start, now)
             self.tracer.span(task.get_name(), f"hold {self.name} ({self._owner_site})", self._hold_start, now)
-        acc = self._owner_acc
-        acc.holds += 1
-        acc.hold_total += hold
-        if hold > acc.hold_max:
-            acc.hold_max = hold
-        acc = self._owner_tacc
-        acc.holds += 1
-        acc.hold_total += hold
         if self.bql:
             _bql_release(task)
+        self._owner = None
         if self._queue:
-            self._pass_on(now)
-        else:
-            self._owner = None
-        if len(self._hold_raw) >= _FOLD_EVERY:
-            self._fold()
+            self._wake_next(now)
 
     def locked(self) -> bool:
         """Whether some task owns the lock (a fifo wakee in its hand-off window counts)."""
@@ -453,48 +228,43 @@ class Lock:
         return self._owner
 
     def reset(self) -> None:
-        """Open a new accounting window (QEMU's ``sync-profile reset``); in-flight work is clipped."""
+        """Open a new accounting window (QEMU's ``sync-profile reset``); in-flight work is clipped.
+
+        A running hold is measured from now, at its site and task; each blocked waiter counts as
+        a contention of the new window whose wait starts now.
+        """
         now = self._now()
-        self._new_window(now)
+        stat = self._stat
+        stat.new_window(now)
         owner = self._owner
         if owner is not None and self._hold_start >= 0:
             self._hold_start = now
-            self._owner_acc = self._site_acc(self._owner_site or "unknown")
-            self._owner_tacc = self._task_acc(owner.get_name())
+            stat.holding(self._owner_site or "unknown", owner.get_name())
         for w in self._pending.values():
             w.start = now
-            self._count_contention(w)
+            w.acc, w.tacc = stat.contention(w.site, w.task.get_name(), w.holder_site)
 
     def statistics(self) -> LockStatistics:
-        """A frozen snapshot of the lock's state and of the current accounting window."""
+        """A frozen snapshot of the lock's state and of the current accounting window.
+
+        ``tasks_waiting`` counts every task blocked in acquire, a fifo wakee in its hand-off window
+        included; ``wait_ns`` counts every acquisition, ``hold_ns`` every release.
+        """
         now = self._now()
-        self._fold()
-        wait_ns = self._waits.stats()
-        hold_ns = self._holds.stats()
-        sites = tuple(sorted(
-            (SiteStats(site, a.acquisitions, a.contentions, a.cancelled_waits, a.wait_total,
-                       a.wait_total / a.acquisitions if a.acquisitions else 0.0, a.wait_max,
-                       a.holds, a.hold_total, a.hold_total / a.holds if a.holds else 0.0, a.hold_max)
-             for site, a in self._sites.items()),
-            key=lambda s: (-s.wait_total_ns, -s.acquisitions, s.site)))
-        holder_sites = _points(self._holder_sites.items())
-        waiter_sites = _points((site, a.contentions) for site, a in self._sites.items() if a.contentions)
-        tasks = tuple(sorted(
-            (TaskLockStats(name, a.acquisitions, a.contentions, a.cancelled_waits, a.wait_total,
-                           a.holds, a.hold_total)
-             for name, a in self._tasks.items()),
-            key=lambda t: (-t.wait_total_ns, t.task)))
+        stat = self._stat
+        stat.fold()
         owner = self._owner
         return LockStatistics(
             name=self.name, policy=self.policy, handoff_ns=self.handoff_ns, bql=self.bql,
             locked=owner is not None, owner=_task_name(owner),
             owner_site=self._owner_site if owner is not None else None,
-            tasks_waiting=len(self._pending), acquisitions=self._acquisitions,
-            contentions=self._contentions, contended_acquisitions=self._contended,
-            cancelled_waits=self._cancelled, handoffs=self._handoffs, barges=self._barges,
-            requeues=self._requeues, wait_ns=wait_ns, hold_ns=hold_ns, sites=sites,
-            holder_sites=holder_sites, waiter_sites=waiter_sites, tasks=tasks,
-            window_start_ns=self._window_start, window_ns=max(0, now - self._window_start),
+            tasks_waiting=len(self._pending), acquisitions=stat.acquisitions,
+            contentions=stat.contentions, contended_acquisitions=stat.contended,
+            cancelled_waits=stat.cancelled, handoffs=stat.handoffs, barges=stat.barges,
+            requeues=stat.requeues, wait_ns=stat.waits.stats(), hold_ns=stat.holds.stats(),
+            sites=stat.site_rows(), holder_sites=stat.holder_points(),
+            waiter_sites=stat.waiter_points(), tasks=stat.task_rows(),
+            window_start_ns=stat.window_start, window_ns=max(0, now - stat.window_start),
         )
 
     def describe_waiters(self) -> dict[Task, str]:
@@ -523,165 +293,108 @@ class Lock:
             state += f" with {n} waiter{'s' if n != 1 else ''}"
         return f"<{state}>"
 
-    # -- the contended path (one place to instrument) -----------------------------------------
+    # -- the contended path ---------------------------------------------------------------------------
     async def _acquire_contended(self, site: str) -> None:
-        """Wait for the lock: queue, be woken (fifo: handed the lock), run holding it."""
-        loop = self._loop
-        task = _task_of(loop)
-        assert loop is not None and task is not None  # try_acquire bound them
+        """Wait for the lock: every acquisition that cannot take it at once comes here, and every
+        one that gets it ends in :meth:`_granted` (the places to instrument, like trio's
+        ``_lot.park()``)."""
+        task = _task_of(self._loop)
+        assert task is not None  # try_acquire bound the loop
         k = _keepers.get(task) if _keepers else None
         if k is not None and k.offset_ns:  # running ahead of global time: sync first (a lock is a sync point)
             await k.sync()
             if self.try_acquire(site):
                 return
         now = self._clock()
-        if self._owner is None and self._free_at > now:
-            # Released ahead of global time by a holder running ahead: this request comes
-            # before that release in virtual time, so it is granted from it (a fifo hand-off
-            # to the waiter it would have been), without queueing.
-            if (k is not None and k.hold_ahead
-                    and self._free_at + self.handoff_ns - now <= k.quantum_ns):
-                self._take_ahead(task, k, site, now)  # runs ahead to the grant: no await at all
-            else:
-                await self._acquire_granted(task, k, site, now)
-            return
-        w = _Waiter(task, site, now, self._owner_site or "unknown")
-        self._count_contention(w)
-        self._pending[task] = w
-        self._queue.append(w)
-        new_future = self._new_future
-        try:
-            while True:
-                fut = w.fut = new_future()
-                await fut
-                w.handle = None
-                if self._owner is None:  # barging: the lock is still free when we arrive
-                    self._owner = task
-                    self._owner_site = site
-                    self._owner_since = self._clock()
-                    break
-                if self._owner is task:  # fifo: it was handed to us
-                    break
-                self._requeues += 1  # barging: somebody took it meanwhile; back to the tail
-                w.queued = True
-                self._queue.append(w)
-        except BaseException:
-            self._abandon(w)
-            raise
-        self._granted(task, k, w)
-
-    async def _acquire_granted(self, task: Task, k: QuantumKeeper | None, site: str, now: int) -> None:
-        """Take a lock released at ``_free_at`` > now: own it through the hand-off window, then
-        run at ``_free_at + handoff_ns`` (a keeper task runs ahead to it if its quantum allows)."""
-        w = _Waiter(task, site, now, self._last_site)
-        w.queued = False
-        self._count_contention(w)
-        self._pending[task] = w
-        self._owner = task
-        self._owner_site = site
-        self._owner_since = self._free_at
-        self._hold_start = -1
-        self._handoffs += 1
-        grant = self._free_at + self.handoff_ns
-        try:
-            if k is not None and k.hold_ahead:
-                k.offset_ns += grant - now
-                if k.offset_ns > k.quantum_ns:
-                    await k.sync()
-            else:
-                await sleep_ns(grant - now)
-        except BaseException:
-            self._abandon(w)
-            raise
-        self._granted(task, k, w)
-
-    def _take_ahead(self, task: Task, k: QuantumKeeper, site: str, now: int) -> None:
-        """``_acquire_granted`` for a task that may run ahead to the grant: one step, no await."""
         free_at = self._free_at
-        grant = free_at + self.handoff_ns
-        wait = grant - now
-        k.offset_ns += wait
-        k.locks_held += 1
-        self._owner = task
-        self._owner_site = site
-        self._owner_since = free_at
-        self._hold_start = grant
-        self._acquisitions += 1
-        self._contentions += 1
-        self._contended += 1
-        self._handoffs += 1
-        self._wait_raw.append(wait)
-        hs = self._holder_sites
-        hs[self._last_site] = hs.get(self._last_site, 0) + 1
-        name = task.get_name()
-        for acc in (self._site_acc(site), self._task_acc(name)):
-            acc.contentions += 1
-            acc.waited(wait)
-        self._owner_acc, self._owner_tacc = self._sites[site], self._tasks[name]
-        if self.tracer is not None:
-            self.tracer.span(name, f"wait {self.name} ({site})", now, grant)
-        if self.bql:
-            _bql_enter(task, self._loop)
-        if len(self._wait_raw) >= _FOLD_EVERY:
-            self._fold()
-
-    def _granted(self, task: Task, k: QuantumKeeper | None, w: _Waiter) -> None:
-        """A waiter runs holding the lock: its wait ends (at its local time) and is accounted."""
-        site = w.site
-        loop = self._loop
+        if self._owner is None and free_at > now:
+            # Released ahead of global time by a holder running ahead: this request comes before
+            # that release in virtual time, so it is handed the lock from it without queueing.
+            grant = free_at + self.handoff_ns
+            if k is not None and k.hold_ahead and grant - now <= k.quantum_ns:
+                # Its keeper runs ahead to the grant: no waiter, no await.
+                acc, tacc = self._stat.contention(site, task.get_name(), self._last_site)
+                self._hand_over(task, site, free_at)
+                k.offset_ns += grant - now
+                self._granted(task, k, site, now, acc, tacc)
+                return
+            w = self._park(task, site, now, self._last_site)
+            self._hand_over(task, site, free_at)
+            try:
+                if k is not None and k.hold_ahead:
+                    k.offset_ns += grant - now
+                    if k.offset_ns > k.quantum_ns:
+                        await k.sync()
+                else:
+                    await sleep_ns(grant - now)
+            except BaseException:
+                self._abandon(w)
+                raise
+        else:
+            w = self._park(task, site, now, self._owner_site or "unknown")
+            w.queued = True
+            self._queue.append(w)
+            new_future = self._new_future
+            try:
+                while True:
+                    fut = w.fut = new_future()
+                    await fut
+                    w.handle = None
+                    if self._owner is None:  # barging: the lock is still free when we arrive
+                        self._owner = task
+                        self._owner_site = site
+                        self._owner_since = self._clock()
+                        break
+                    if self._owner is task:  # fifo: it was handed to us
+                        break
+                    self._stat.requeues += 1  # barging: somebody took it meanwhile; back to the tail
+                    w.queued = True
+                    self._queue.append(w)
+            except BaseException:
+                self._abandon(w)
+                raise
         del self._pending[task]
+        self._granted(task, k, site, w.start, w.acc, w.tacc)
+
+    def _park(self, task: Task, site: str, now: int, holder_site: str) -> _Waiter:
+        """``task`` starts waiting at ``now``: count the contention, register it as blocked."""
+        w = _Waiter(task, site, now, holder_site)
+        w.acc, w.tacc = self._stat.contention(site, task.get_name(), holder_site)
+        self._pending[task] = w
+        return w
+
+    def _granted(self, task: Task, k: QuantumKeeper | None, site: str, start: int,
+                 acc: _Account, tacc: _Account) -> None:
+        """A wait that began at ``start`` ends: the task runs holding the lock, at its local time."""
         now = self._clock()
         if k is not None:
             k.locks_held += 1
             now += k.offset_ns
-        wait = now - w.start
         self._hold_start = now
-        self._acquisitions += 1
-        self._contended += 1
-        self._wait_raw.append(wait)
+        self._stat.granted(acc, tacc, now - start)
         if self.tracer is not None:
-            self.tracer.span(task.get_name(), f"wait {self.name} ({site})", w.start, now)
-        self._owner_acc = w.acc
-        self._owner_tacc = w.tacc
-        w.acc.waited(wait)
-        w.tacc.waited(wait)
+            self.tracer.span(task.get_name(), f"wait {self.name} ({site})", start, now)
         if self.bql:
-            _bql_enter(task, loop)
-        if len(self._wait_raw) >= _FOLD_EVERY:
-            self._fold()
+            _bql_enter(task, self._loop)
 
-    def _count_contention(self, w: _Waiter) -> None:
-        """Count ``w`` as a contention of the current window (and cache its account rows)."""
-        self._contentions += 1
-        acc = self._sites.get(w.site)
-        if acc is None:
-            acc = self._sites[w.site] = _Account()
-        w.acc = acc
-        acc.contentions += 1
-        name = w.task.get_name()
-        acc = self._tasks.get(name)
-        if acc is None:
-            acc = self._tasks[name] = _Account()
-        w.tacc = acc
-        acc.contentions += 1
-        hs = self._holder_sites
-        hs[w.holder_site] = hs.get(w.holder_site, 0) + 1
+    def _hand_over(self, task: Task, site: str, since: int) -> None:
+        """``task`` owns the lock from ``since`` but has not run yet (its hold starts when it does)."""
+        self._owner = task
+        self._owner_site = site
+        self._owner_since = since
+        self._hold_start = -1
+        self._stat.handoffs += 1
 
-    def _pass_on(self, now: int) -> None:
-        """Release with tasks queued: hand over (fifo) or free the lock and wake one (barging)."""
+    def _wake_next(self, now: int) -> None:
+        """The lock was freed at ``now`` with tasks queued: the policy may hand it to the oldest,
+        which is woken ``handoff_ns`` later (``now`` may be ahead of global time: a run-ahead release)."""
         w = self._queue.popleft()
         w.queued = False
-        if self._fifo:
-            self._owner = w.task
-            self._owner_site = w.site
-            self._owner_since = now
-            self._hold_start = -1
-            self._handoffs += 1
-        else:
-            self._owner = None
+        if self._fifo:  # hand it straight to the oldest waiter; barging: leave it free
+            self._hand_over(w.task, w.site, now)
         fut = w.fut
         assert fut is not None
-        when = now + self.handoff_ns  # ``now`` may be ahead of global time (a run-ahead release)
+        when = now + self.handoff_ns
         if when > self._clock():
             w.handle = self._resolve_at(when, fut)
         elif not fut.done():
@@ -691,9 +404,7 @@ class Lock:
         """A waiter was cancelled (or its coroutine closed): undo its claim, strand nobody."""
         task = w.task
         self._pending.pop(task, None)
-        self._cancelled += 1
-        w.acc.cancelled_waits += 1
-        w.tacc.cancelled_waits += 1
+        self._stat.cancelled_wait(w.acc, w.tacc)
         if w.handle is not None:
             w.handle.cancel()
             w.handle = None
@@ -701,15 +412,18 @@ class Lock:
             self._queue.remove(w)
             w.queued = False
             return
-        if self._owner is task:  # fifo: handed over, cancelled before it ran
-            if self._queue:
-                self._pass_on(self._now())
-            else:
-                self._owner = None
-        elif self._owner is None and self._queue:  # barging: pass the wake-up on
-            self._pass_on(self._now())
+        if self._owner is task:  # handed over, cancelled before it ran: free the lock
+            self._owner = None
+        elif self._owner is not None:  # woken by a barging release, but somebody else took it
+            return
+        if self._queue:  # pass the lock (fifo) or the wake-up (barging) on
+            self._wake_next(self._now())
 
     # -- cold helpers -------------------------------------------------------------------------------
+    def _runs_holding(self, task: Task | None) -> bool:
+        """Whether ``task`` holds the lock and runs with it (not a wakee still in its hand-off)."""
+        return task is not None and self._owner is task and self._hold_start >= 0
+
     def _bind(self) -> Task:
         """Slow part of the first acquisition on a loop: find the running loop and the caller."""
         loop = _get_running_loop()
@@ -748,24 +462,6 @@ class Lock:
             f"Lock {self.name!r} is already held by this task (acquired at site "
             f"{self._owner_site!r}); aemu locks are not recursive")
 
-    def _site_acc(self, site: str) -> _Account:
-        acc = self._sites.get(site)
-        if acc is None:
-            acc = self._sites[site] = _Account()
-        return acc
-
-    def _task_acc(self, name: str) -> _Account:
-        acc = self._tasks.get(name)
-        if acc is None:
-            acc = self._tasks[name] = _Account()
-        return acc
-
-    def _fold(self) -> None:
-        uncontended = self._acquisitions - self._contended
-        self._waits.fold(uncontended - self._zeros_folded)
-        self._zeros_folded = uncontended
-        self._holds.fold()
-
     def _raise_bad_release(self) -> NoReturn:
         owner = self._owner
         task = _current_task() if _get_running_loop() is not None else None
@@ -777,5 +473,20 @@ class Lock:
             f"(acquired at site {self._owner_site!r}); only the owner can release it")
 
 
-def _points(items: Any) -> tuple[ContentionPoint, ...]:
-    return tuple(sorted((ContentionPoint(s, n) for s, n in items), key=lambda p: (-p.count, p.site)))
+def _real_time_ns(loop: asyncio.AbstractEventLoop) -> int:
+    return int(loop.time() * NS_PER_S)
+
+
+def _no_loop_future() -> asyncio.Future[None]:
+    raise RuntimeError("a Lock makes futures only after its first acquisition on a loop")
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    """Timer callback ending a hand-off window: the wakee runs now (unless it was cancelled)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _resolve_at(when_ns: int, fut: asyncio.Future[None]) -> asyncio.TimerHandle:
+    """End a hand-off window at ``when_ns`` on any loop (VirtualTimeLoop.resolve_at_ns is cheaper)."""
+    return call_at_ns(when_ns, _resolve, fut)

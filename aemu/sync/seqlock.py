@@ -173,7 +173,7 @@ class SeqLock:
 
     def _check_writer_lock(self, task: Task | None, what: str) -> None:
         lock = self._writer_lock
-        if lock is not None and (task is None or lock._owner is not task or lock._hold_start < 0):
+        if lock is not None and not lock._runs_holding(task):
             raise RuntimeError(
                 f"SeqLock {self.name!r}: {what} needs the writer lock {lock.name!r} held by this task "
                 f"(it is {'held by ' + repr(_task_name(lock.owner)) if lock.locked() else 'free'})")
