@@ -18,6 +18,7 @@ from typing import Any
 from .costs import CostModel
 from .errors import ConfigError
 from .patches import PATCHES
+from .sync.policy import POLICIES
 
 __all__ = ["MachineConfig", "SMP", "SERIES", "parse_duration"]
 
@@ -29,7 +30,8 @@ SERIES: dict[str, frozenset[str]] = {
 
 MACHINES = ("q35", "pc")
 IRQCHIP_MODES = ("on", "off", "split")
-LOCK_POLICIES = ("fifo", "barging")
+#: The BQL's hand-off policies (--lock-policy): the names of aemu.sync.policy.POLICIES.
+LOCK_POLICIES = tuple(POLICIES)
 #: QEMU options that are accepted and ignored (they change nothing aemu models).
 _IGNORED_WITH_VALUE = {"-cpu", "-m", "-display", "-name", "-vga", "-nographic"}
 _IGNORED_FLAGS = {"-enable-kvm", "-nographic", "-no-reboot", "-S"}

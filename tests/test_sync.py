@@ -16,6 +16,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from aemu import clock
 from aemu.clock import now_ns, sleep_ns
 from aemu.errors import ConfigError, SimulationDeadlock
+from aemu.config import LOCK_POLICIES
 from aemu.sync import (
     HDR_HIGHEST_NS,
     HDR_LOWEST_NS,
@@ -25,6 +26,7 @@ from aemu.sync import (
     SeqLock,
     bql_locked,
 )
+from aemu.sync.policy import POLICIES, Barging, Fifo
 
 Log = list[tuple[int, str]]
 T = TypeVar("T")
@@ -66,7 +68,7 @@ class TestLock:
             ({"name": ""}, "non-empty name"),
             ({"name": "BQL", "handoff_ns": -1}, "handoff_ns must be"),
             ({"name": "BQL", "handoff_ns": 1.5}, "handoff_ns must be"),
-            ({"name": "BQL", "policy": "lifo"}, "unknown policy 'lifo'"),
+            ({"name": "BQL", "policy": "lifo"}, "unknown policy 'lifo'; use 'fifo' or 'barging'"),
         ],
     )
     def test_bad_config(self, kwargs: dict[str, object], match: str) -> None:
@@ -988,6 +990,16 @@ class TestContendedPath:
 
         clock.run(main())
         assert granted_sites == ["b"]
+
+
+class TestPolicies:
+    def test_one_list_of_policies(self) -> None:
+        """Lock, MachineConfig and --lock-policy all read aemu.sync.policy.POLICIES."""
+        assert POLICIES == {"fifo": Fifo, "barging": Barging}
+        assert LOCK_POLICIES == tuple(POLICIES)
+        for name, cls in POLICIES.items():
+            assert cls.name == name
+            assert Lock("m", policy=name).statistics().policy == name
 
 
 def spawn_main(name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:

@@ -2,6 +2,7 @@
 sequence lock (:class:`SeqLock`).
 
 * :mod:`.lock` -- :class:`Lock`, a ``QemuMutex`` or, with ``bql=True``, the Big QEMU Lock;
+* :mod:`.policy` -- what a release does for the waiters (``fifo``, ``barging``);
 * :mod:`.lockstat` -- the books QEMU's QSP (``info sync-profile``) and Linux ``lock_stat`` keep;
 * :mod:`.stats` -- the frozen snapshots :meth:`Lock.statistics` returns;
 * :mod:`.bql` -- :func:`bql_locked`, QEMU's thread-local ``bql_locked()``;
@@ -18,9 +19,9 @@ from .seqlock import SeqLock, SeqLockStatistics
 from .stats import ContentionPoint, LockStatistics, SiteStats, TaskLockStats, TimeStats
 
 # Importable from aemu.sync as before it became a package, though not in __all__.
-from .lock import POLICIES as POLICIES  # isort: skip
 from .lockstat import HDR_HIGHEST_NS as HDR_HIGHEST_NS, HDR_LOWEST_NS as HDR_LOWEST_NS  # isort: skip
 from .lockstat import HDR_SIGNIFICANT_DIGITS as HDR_SIGNIFICANT_DIGITS  # isort: skip
+from .policy import POLICIES as POLICIES  # isort: skip
 
 __all__ = [
     "ContentionPoint",

@@ -3,7 +3,8 @@ QEMU Lock (``bql_lock()``/``bql_unlock()`` in system/cpus.c), in virtual time.
 
 The front is small: :meth:`Lock.try_acquire` is the fast path (no await, a few counters), and
 every acquisition that has to wait goes through one coroutine, ``Lock._acquire_contended``, and
-ends in ``Lock._granted``. The books are kept by :class:`~aemu.sync.lockstat.LockStat`.
+ends in ``Lock._granted``. The books are kept by :class:`~aemu.sync.lockstat.LockStat`; what a
+release does for the waiters is a :mod:`~aemu.sync.policy` class.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from ..errors import ConfigError
 from ._task import Task, _current_task, _get_running_loop, _task_name, _task_of
 from .bql import _bql_enter, _bql_release
 from .lockstat import LockStat, _Account
+from .policy import POLICIES, HandoffPolicy
 from .stats import LockStatistics
 
 __all__ = ["Lock"]
-
-#: Lock policies (see :class:`Lock`).
-POLICIES = ("fifo", "barging")
 
 
 class _Waiter:
@@ -77,8 +76,9 @@ class Lock:
     task or of a free lock. A free lock is taken without yielding to the loop, so a lock costs
     nothing in virtual time unless it is contended.
 
-    ``policy`` (``"fifo"`` or ``"barging"``) says what a release does when tasks wait; the woken
-    waiter runs ``handoff_ns`` later (futex wake to the waiter running on a CPU; 0 means the next loop turn, same virtual instant). *Wait* runs from
+    ``policy`` (:data:`~aemu.sync.policy.POLICIES`: ``"fifo"`` or ``"barging"``) says what a
+    release does when tasks wait; the woken waiter runs ``handoff_ns`` later (futex wake to the
+    waiter running on a CPU; 0 means the next loop turn, same virtual instant). *Wait* runs from
     the acquire call to the moment the task runs holding the lock, hand-off included; *hold* from
     then to the release.
 
@@ -93,7 +93,7 @@ class Lock:
     """
 
     __slots__ = (
-        "name", "handoff_ns", "policy", "bql", "_fifo",
+        "name", "handoff_ns", "policy", "bql", "_policy",
         "_owner", "_owner_site", "_owner_since", "_hold_start",
         "_queue", "_pending", "_held_cache", "_stat",
         "_last_ns", "_loop", "_clock", "_resolve_at", "_free_at", "_last_site", "_done", "_new_future",
@@ -106,13 +106,15 @@ class Lock:
         if isinstance(handoff_ns, bool) or not isinstance(handoff_ns, int) or handoff_ns < 0:
             raise ConfigError(
                 f"Lock {name!r}: handoff_ns must be an integer number of nanoseconds >= 0, got {handoff_ns!r}")
-        if policy not in POLICIES:
-            raise ConfigError(f"Lock {name!r}: unknown policy {policy!r}; use 'fifo' or 'barging'")
+        cls = POLICIES.get(policy) if isinstance(policy, str) else None
+        if cls is None:
+            raise ConfigError(f"Lock {name!r}: unknown policy {policy!r}; use "
+                              + " or ".join(repr(p) for p in POLICIES))
         self.name = name
         self.handoff_ns = handoff_ns
         self.policy = policy
         self.bql = bool(bql)
-        self._fifo = policy == "fifo"
+        self._policy: HandoffPolicy = cls()
         self._owner: Task | None = None
         self._owner_site: str | None = None
         self._owner_since = 0  # when the current owner was granted the lock
@@ -390,8 +392,7 @@ class Lock:
         which is woken ``handoff_ns`` later (``now`` may be ahead of global time: a run-ahead release)."""
         w = self._queue.popleft()
         w.queued = False
-        if self._fifo:  # hand it straight to the oldest waiter; barging: leave it free
-            self._hand_over(w.task, w.site, now)
+        self._policy.release(self, w, now)
         fut = w.fut
         assert fut is not None
         when = now + self.handoff_ns

@@ -1,0 +1,67 @@
+"""Hand-off policies: what a release of a :class:`~aemu.sync.Lock` does when tasks wait for it.
+
+The lock owns the queue, the wake-ups and the books; a policy only decides who owns the lock
+once the oldest waiter has been taken off the queue (SimPy's resources work the same way: the
+base class queues, ``_do_put``/``_do_get`` decide). The waiter is woken ``handoff_ns`` later
+(the futex wake-up latency). :data:`POLICIES` is the one list of them: ``Lock(policy=...)``,
+:class:`aemu.config.MachineConfig` and the CLI's ``--lock-policy`` read it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .lock import Lock, _Waiter
+
+__all__ = ["Barging", "Fifo", "HandoffPolicy", "POLICIES"]
+
+
+class HandoffPolicy:
+    """Base of the hand-off policies; subclasses set :attr:`name` and fill in :meth:`release`."""
+
+    __slots__ = ()
+
+    #: How ``Lock(policy=...)``, ``--lock-policy`` and the reports call it.
+    name: ClassVar[str]
+
+    def release(self, lock: Lock, w: _Waiter, now: int) -> None:
+        """A release at ``now`` freed the lock and took ``w``, the oldest waiter, off the queue:
+        hand the lock to ``w`` or leave it free."""
+        raise NotImplementedError
+
+
+class Fifo(HandoffPolicy):
+    """A fair lock: the release hands the lock straight to the oldest waiter.
+
+    A ticket lock, Go's mutex in starvation mode, a futex with forced hand-off such as a PI mutex
+    (FUTEX_UNLOCK_PI gives the lock to the top waiter). Until the wakee runs the lock is held by
+    it, and every other task queues behind: this is how lock convoys form. Nobody can barge.
+    """
+
+    __slots__ = ()
+    name = "fifo"
+
+    def release(self, lock: Lock, w: _Waiter, now: int) -> None:
+        lock._hand_over(w.task, w.site, now)
+
+
+class Barging(HandoffPolicy):
+    """glibc's default mutex (``PTHREAD_MUTEX_NORMAL``, lowlevellock.h): the release frees the
+    lock and wakes the oldest waiter (futex_wake of one).
+
+    Any task that calls acquire while the lock is free takes it, even with a wakee on its way (a
+    *barge*). A wakee that finds the lock taken goes back to the tail of the queue (futex_wait
+    re-queues at the tail): a *requeue*, not a new contention. Every release that finds tasks
+    queued wakes one, so several wakees can be on their way at once.
+    """
+
+    __slots__ = ()
+    name = "barging"
+
+    def release(self, lock: Lock, w: _Waiter, now: int) -> None:
+        pass  # the lock stays free: ``w`` takes it when it runs, unless somebody barges first
+
+
+#: Every policy by name: the one list ``Lock``, ``MachineConfig`` and ``--lock-policy`` accept.
+POLICIES: dict[str, type[HandoffPolicy]] = {p.name: p for p in (Fifo, Barging)}
