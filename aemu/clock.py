@@ -488,7 +488,9 @@ def run(coro: Coroutine[Any, Any, T], *, pace: float | None = None, debug: bool 
 def now_ns() -> int:
     """Current virtual time of the running loop, in integer nanoseconds.
 
-    On a loop that is not virtual (real-time mode) it is the loop's clock in nanoseconds.
+    On a loop that is not virtual (real-time mode) it is the host's monotonic clock,
+    ``time.monotonic_ns()``: asyncio's own ``loop.time()`` at full resolution, where uvloop's
+    ``loop.time()`` ticks in milliseconds (and stands still during a loop iteration).
     """
     vloop = _running.loop
     if vloop is not None:
@@ -499,7 +501,7 @@ def now_ns() -> int:
     try:
         return loop._now_ns  # type: ignore[attr-defined,no-any-return]
     except AttributeError:
-        return int(loop.time() * NS_PER_S)
+        return time.monotonic_ns()
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -563,7 +565,7 @@ def call_at_ns(when_ns: int, callback: Callable[..., Any], *args: Any) -> asynci
         raise RuntimeError("aemu.clock.call_at_ns() needs a running event loop")
     if isinstance(loop, VirtualTimeLoop):
         return loop.call_at_ns(when_ns, callback, *args)
-    return loop.call_at(when_ns / NS_PER_S, callback, *args)
+    return loop.call_later(max(when_ns - time.monotonic_ns(), 0) / NS_PER_S, callback, *args)  # now_ns's clock
 
 
 # -- temporal decoupling ---------------------------------------------------------------------
