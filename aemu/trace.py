@@ -7,15 +7,21 @@ truncated. The core calls it only when one is attached (``lock.tracer``, ``machi
 an untraced run pays one attribute test per event.
 
 :class:`Utilisation` bins the time a lock is unavailable -- held, or handed over to a waiter that
-is still waking up -- into fixed virtual-time buckets (cheap enough to be always on for the BQL):
-the series behind "BQL utilisation over virtual time".
+is still waking up -- into virtual-time buckets (cheap enough to be always on for the BQL): the
+series behind "BQL utilisation over virtual time". It keeps at most ``max_bins`` buckets: when a
+run outgrows them, neighbours merge in pairs and the bucket width doubles, so memory and the
+result document stay bounded however long the run (a 300 s idle run as well as a 1 s one).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
-__all__ = ["Span", "Tracer", "Utilisation"]
+__all__ = ["MAX_BINS", "Span", "Tracer", "Utilisation"]
+
+#: Most buckets a :class:`Utilisation` keeps (a run that fits keeps its first bucket width).
+MAX_BINS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +68,24 @@ class Tracer:
 
 
 class Utilisation:
-    """Hold time of one lock per ``bin_ns`` bucket of virtual time."""
+    """Busy time of one lock per bucket of virtual time, in at most ``max_bins`` buckets.
 
-    __slots__ = ("bin_ns", "busy", "origin_ns")
+    Buckets start ``bin_ns`` wide. A hold that ends beyond the last bucket the limit allows
+    merges neighbouring buckets in pairs and doubles ``bin_ns`` (as often as needed); busy time
+    is kept in integer ns, so merging loses nothing but resolution.
+    """
 
-    def __init__(self, bin_ns: int = 1_000_000, origin_ns: int = 0) -> None:
+    __slots__ = ("bin_ns", "busy", "max_bins", "origin_ns")
+
+    def __init__(self, bin_ns: int = 1_000_000, origin_ns: int = 0, *, max_bins: int = MAX_BINS) -> None:
         if bin_ns <= 0:
             raise ValueError(f"bin_ns must be positive, got {bin_ns}")
+        if max_bins < 1:
+            raise ValueError(f"max_bins must be at least 1, got {max_bins}")
         self.bin_ns = bin_ns
-        self.busy: dict[int, int] = {}
+        self.max_bins = max_bins
+        #: Busy ns per bucket, from the origin up to the last bucket a hold reached.
+        self.busy = array("q")
         #: Times are binned relative to this (a run's start; a real-time loop's clock is not 0).
         self.origin_ns = origin_ns
 
@@ -80,20 +95,50 @@ class Utilisation:
         end_ns -= self.origin_ns
         if start_ns < 0:
             start_ns = 0
+        if end_ns <= start_ns:
+            return
         b = self.bin_ns
+        last = (end_ns - 1) // b
         busy = self.busy
-        while start_ns < end_ns:
-            i = start_ns // b
-            edge = (i + 1) * b
-            stop = end_ns if end_ns < edge else edge
-            busy[i] = busy.get(i, 0) + stop - start_ns
-            start_ns = stop
+        if last >= len(busy):
+            if last >= self.max_bins:
+                self._fit(end_ns)
+                b, busy = self.bin_ns, self.busy
+                last = (end_ns - 1) // b
+            if last >= len(busy):
+                busy.frombytes(bytes(8 * (last + 1 - len(busy))))
+        i = start_ns // b
+        if i == last:
+            busy[i] += end_ns - start_ns
+            return
+        busy[i] += (i + 1) * b - start_ns
+        for j in range(i + 1, last):
+            busy[j] += b
+        busy[last] += end_ns - last * b
+
+    def _fit(self, end_ns: int) -> None:
+        """Merge neighbouring buckets (doubling ``bin_ns``) until ``[0, end_ns)`` fits in ``max_bins``."""
+        while (end_ns - 1) // self.bin_ns >= self.max_bins:
+            old = self.busy
+            n = len(old)
+            merged = array("q", old[0::2])
+            for k, v in enumerate(old[1::2]):
+                merged[k] += v
+            self.busy = merged if n else old
+            self.bin_ns *= 2
 
     def series(self, until_ns: int | None = None) -> list[tuple[int, float]]:
-        """(bucket start ns, fraction of the bucket the lock was held), for every bucket."""
-        if not self.busy and until_ns is None:
-            return []
-        last = max(self.busy, default=0)
-        if until_ns is not None:
-            last = max(last, (until_ns - 1) // self.bin_ns)
-        return [(i * self.bin_ns, self.busy.get(i, 0) / self.bin_ns) for i in range(last + 1)]
+        """(bucket start ns, fraction of the bucket the lock was held), for every bucket.
+
+        With ``until_ns`` (relative to the origin) the series reaches the bucket holding
+        ``until_ns - 1``, merging buckets first if that many would exceed ``max_bins``.
+        """
+        if until_ns is None:
+            count = len(self.busy)
+        else:
+            self._fit(until_ns)
+            count = max(len(self.busy), 1, (until_ns - 1) // self.bin_ns + 1)
+        b = self.bin_ns
+        busy = self.busy
+        n = len(busy)
+        return [(i * b, (busy[i] if i < n else 0) / b) for i in range(count)]

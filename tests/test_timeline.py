@@ -192,3 +192,63 @@ class TestWrite:
         doc = build_trace(t)
         assert complete(doc) == [] and doc["otherData"]["window_ns"] == [0, 0]
         assert timeline_summary(t) == "timeline: 0 spans, window [0, end] ns, not truncated"
+
+
+def brute_force_bins(holds: list[tuple[int, int]], bin_ns: int) -> dict[int, int]:
+    """Busy ns per bucket as Utilisation kept them before buckets could merge: split each hold."""
+    busy: dict[int, int] = defaultdict(int)
+    for start, end in holds:
+        for t in range(start, end):
+            busy[t // bin_ns] += 1
+    return dict(busy)
+
+
+class TestUtilisation:
+    def test_buckets_of_a_run_that_fits_are_its_first_width(self) -> None:
+        import random
+
+        rng = random.Random(5)
+        u = aemu.trace.Utilisation(100, max_bins=64)
+        holds = []
+        for _ in range(300):
+            a = rng.randrange(0, 6_300)
+            holds.append((a, a + rng.randrange(0, 250)))
+        for a, b in holds:
+            u.add(a, b)
+        want = brute_force_bins(holds, 100)
+        last = max(want)
+        assert u.bin_ns == 100
+        assert u.series() == [(i * 100, want.get(i, 0) / 100) for i in range(last + 1)]
+
+    def test_a_run_that_outgrows_the_buckets_merges_neighbours_and_doubles_the_width(self) -> None:
+        u = aemu.trace.Utilisation(100, max_bins=4)
+        u.add(0, 150)
+        assert (u.bin_ns, u.series()) == (100, [(0, 1.0), (100, 0.5)])
+        u.add(350, 450)  # ends in bucket 4 of 100 ns: one merge
+        assert (u.bin_ns, u.series()) == (200, [(0, 0.75), (200, 0.25), (400, 0.25)])
+        u.add(1_000, 1_700)  # ends in bucket 8 of 200 ns: two more
+        assert (u.bin_ns, u.series()) == (800, [(0, 0.3125), (800, 0.75), (1600, 0.125)])
+        assert sum(u.busy) == 150 + 100 + 700  # busy time is never lost
+
+    def test_a_series_to_a_later_end_merges_first(self) -> None:
+        u = aemu.trace.Utilisation(100, origin_ns=1_000, max_bins=4)
+        u.add(1_000, 1_050)
+        assert u.series(until_ns=1_000) == [(0, 0.125), (400, 0.0), (800, 0.0)]  # until: since the origin
+        assert u.bin_ns == 400
+        assert aemu.trace.Utilisation(100).series(until_ns=1) == [(0, 0.0)]
+        assert aemu.trace.Utilisation(100).series() == []
+
+    def test_bad_sizes(self) -> None:
+        with pytest.raises(ValueError, match="bin_ns must be positive"):
+            aemu.trace.Utilisation(0)
+        with pytest.raises(ValueError, match="max_bins must be at least 1"):
+            aemu.trace.Utilisation(100, max_bins=0)
+
+    def test_a_long_idle_run_keeps_at_most_max_bins(self) -> None:
+        short = aemu.simulate("-smp 2 --workload idle --duration 1s")
+        long = aemu.simulate("-smp 2 --workload idle --duration 5s")
+        assert (short.bql_utilisation_bin_ns, len(short.bql_utilisation)) == (100_000, 10_000)
+        assert (long.bql_utilisation_bin_ns, len(long.bql_utilisation)) == (800_000, 6_250)
+        assert len(long.bql_utilisation) <= aemu.trace.MAX_BINS
+        busy_short, busy_long = (sum(f for _, f in r.bql_utilisation) * r.bql_utilisation_bin_ns for r in (short, long))
+        assert 4 * busy_short < busy_long < 6 * busy_short  # the same idle machine, 5 times as long
