@@ -1,9 +1,10 @@
-"""The machine: q35/pc assembly, the patch switches, the main loop, and a run to completion.
+"""The machine: the board from a table of devices, the patch switches, the main loop, and a run.
 
 :class:`Machine` builds what ``-M q35|pc`` builds in QEMU as far as aemu models it -- the
-``memory`` and ``I/O`` address spaces, the ACPI PM block, the HPET, the split (or in-kernel, or
-userspace) irqchip, the BQL-bound legacy devices -- wires GSIs, applies the switches of the
-BQL-free series, and starts one :class:`~aemu.cpu.VCPU` task per ``-smp`` CPU plus the main loop.
+``memory`` and ``I/O`` address spaces, the split (or in-kernel, or userspace) irqchip, then the
+devices of :data:`BOARD` (the ACPI PM block, the HPET, the BQL-bound legacy devices) -- wires
+GSIs, applies the switches of the BQL-free series, and starts one :class:`~aemu.cpu.VCPU` task per
+``-smp`` CPU plus the main loop.
 :func:`simulate` runs a :class:`~aemu.config.MachineConfig` to completion on its own
 virtual-time loop and returns a :class:`~aemu.result.Result`.
 """
@@ -15,6 +16,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from . import clock
@@ -38,7 +40,7 @@ from .sync import Lock
 from .trace import Tracer, Utilisation
 from .workloads.base import Workload, get_workload
 
-__all__ = ["Machine", "simulate", "simulate_machine"]
+__all__ = ["BOARD", "BoardDevice", "Machine", "simulate", "simulate_machine"]
 
 #: progress(virtual_ns, vcpus_finished, vcpus_total)
 ProgressFn = Callable[[int, int, int], None]
@@ -59,8 +61,51 @@ def _no_program() -> GuestProgram:
     yield  # a generator that ends at once (replaced by the workload's program)
 
 
+@dataclass(frozen=True, slots=True)
+class BoardDevice:
+    """One row of the board: a device, the machine types that have it, and how it is built."""
+
+    #: The Machine attribute that names it (``machine.pit``), or "" for none.
+    attr: str
+    #: Builds it for a machine; the devices above it in :data:`BOARD` exist already.
+    build: Callable[[Machine], Device]
+    machine_types: tuple[str, ...] = ("q35", "pc")
+    #: A condition on the configuration (``hpet=on``), or None.
+    when: Callable[[MachineConfig], bool] | None = None
+    #: Priority of its mappings among overlapping siblings.
+    priority: int = 0
+
+
+#: q35 and pc beyond the irqchip, in the order they are built and mapped (results depend on it).
+BOARD: tuple[BoardDevice, ...] = (
+    BoardDevice("pm", lambda m: ACPIPMTimer(m.host, pm_base=0x600, container_name="ich9-pm", size=0x80),
+                machine_types=("q35",)),
+    BoardDevice("pm", lambda m: ACPIPMTimer(m.host, pm_base=0xB000, container_name="piix4-pm", size=0x40),
+                machine_types=("pc",)),
+    BoardDevice("hpet", lambda m: HPETState(m.host), when=lambda c: c.hpet),
+    BoardDevice("serial", lambda m: SerialState(m.host)),
+    BoardDevice("rtc", lambda m: RTCState(m.host)),
+    BoardDevice("pit", lambda m: PITState(m.host)),
+    BoardDevice("", lambda m: PCSpkState(m.host, m.pit)),
+    BoardDevice("", lambda m: Port92(m.host)),
+    BoardDevice("", lambda m: IOPort80(m.host)),
+    BoardDevice("", lambda m: PCIHost(m.host)),
+    BoardDevice("", lambda m: I8042(m.host)),
+    # ICH9 LPC's reset control register overlaps pci-conf-idx at priority 1, as in QEMU
+    BoardDevice("", lambda m: GenericRegion(m.host, "lpc-reset-control", 1, read_value=0, space="io", addr=0xCF9),
+                machine_types=("q35",), priority=1),
+)
+
+
 class Machine:
     """One emulated machine (see module docstring)."""
+
+    host: DeviceHost
+    # set from BOARD by __init__
+    pm: ACPIPMTimer
+    serial: SerialState
+    rtc: RTCState
+    pit: PITState
 
     def __init__(self, config: MachineConfig | str, workload: Workload | None = None, *,
                  realtime: bool = False) -> None:
@@ -112,28 +157,16 @@ class Machine:
         self.irqchip.map_into(self.system, self.io_root)
         self.devices.extend(self.irqchip.devices)
         self.irqchip.program_like_linux()  # the guest OS programs PIC/IOAPIC early in its boot
-        if config.machine == "q35":
-            self.pm = ACPIPMTimer(self.host, pm_base=0x600, container_name="ich9-pm", size=0x80)
-        else:
-            self.pm = ACPIPMTimer(self.host, pm_base=0xB000, container_name="piix4-pm", size=0x40)
-        self.pm_timer_port = self.pm.pm_base + 8
-        self._add(self.pm)
         self.hpet: HPETState | None = None
-        if config.hpet:
-            self.hpet = HPETState(self.host)
-            self._add(self.hpet)
-        self.pit = PITState(self.host)
+        for row in BOARD:
+            if config.machine in row.machine_types and (row.when is None or row.when(config)):
+                dev = row.build(self)
+                self._add(dev, priority=row.priority)
+                if row.attr:
+                    setattr(self, row.attr, dev)
+        self.pm_timer_port = self.pm.pm_base + 8
         if self.hpet is not None:
             self.hpet.pit_irq_control = self.pit.irq_control
-        self.serial = SerialState(self.host)
-        for dev in (self.serial, RTCState(self.host), self.pit, PCSpkState(self.host, self.pit),
-                    Port92(self.host), IOPort80(self.host), PCIHost(self.host), I8042(self.host)):
-            self._add(dev)
-        if config.machine == "q35":
-            # ICH9 LPC's reset control register overlaps pci-conf-idx at priority 1, as in QEMU
-            rcr = GenericRegion(self.host, "lpc-reset-control", 1, read_value=0, space="io", addr=0xCF9)
-            self.devices.append(rcr)
-            self.io_root.add_subregion(0xCF9, rcr.region, priority=1)
         self.apply_patches()
         for name in config.lockless:
             self.make_lockless(name)
@@ -146,11 +179,11 @@ class Machine:
         clock.register_wait_source(self)
 
     # -- assembly ------------------------------------------------------------------------------
-    def _add(self, dev: Device) -> None:
+    def _add(self, dev: Device, *, priority: int = 0) -> None:
         self.devices.append(dev)
         for space, addr, mr in dev.mappings:
             root = self.io_root if space == "io" else self.system
-            root.add_subregion(addr, mr)
+            root.add_subregion(addr, mr, priority)
 
     def add_device(self, dev: Device) -> Device:
         """Add a user-written device (its ``mappings`` are mapped now)."""

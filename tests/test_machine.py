@@ -178,3 +178,29 @@ def test_simulations_in_threads_at_once_match_a_lone_run() -> None:
     for t in threads:
         t.join()
     assert len(docs) == 3 and all(d == alone for d in docs)
+
+
+class TestBoard:
+    @pytest.mark.parametrize("args, devices, ports", [
+        ("-M q35,hpet=on -accel kvm,kernel-irqchip=split",
+         ["IOAPIC", "PIC", "LAPIC", "ACPIPMTimer", "HPETState", "SerialState", "RTCState", "PITState",
+          "PCSpkState", "Port92", "IOPort80", "PCIHost", "I8042", "GenericRegion"],
+         ["lpc-reset-control", "i8042-cmd", "i8042-data", "pci-conf-data", "pci-conf-idx", "ioport80", "port92",
+          "pcspk", "pit", "rtc", "serial", "ich9-pm", "elcr", "pic", "elcr", "pic"]),
+        ("-M pc,hpet=off -accel kvm,kernel-irqchip=on",
+         ["LAPIC", "ACPIPMTimer", "SerialState", "RTCState", "PITState", "PCSpkState", "Port92", "IOPort80",
+          "PCIHost", "I8042"],
+         ["i8042-cmd", "i8042-data", "pci-conf-data", "pci-conf-idx", "ioport80", "port92", "pcspk", "pit", "rtc",
+          "serial", "piix4-pm"]),
+    ])
+    def test_devices_are_built_and_mapped_in_table_order(self, args: str, devices: list[str], ports: list[str]) -> None:
+        m = Machine(MachineConfig.parse(args + " --workload pmtimer-bench"))
+        assert [type(d).__name__ for d in m.devices] == devices
+        assert [mr.name for mr in m.io_root.subregions] == ports  # highest priority first, then last added
+        assert m.pm_timer_port == m.pm.pm_base + 8 == (0x608 if "q35" in args else 0xB008)
+        assert (m.hpet is not None) == ("hpet=on" in args) and m.rtc in m.devices and m.pit in m.devices
+
+    def test_the_hpet_drives_the_pit_it_replaces(self) -> None:
+        m = Machine(MachineConfig.parse("-M q35,hpet=on"))
+        assert m.hpet is not None and m.hpet.pit_irq_control == m.pit.irq_control
+
