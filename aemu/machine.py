@@ -1,12 +1,14 @@
-"""The machine: the board from a table of devices, the patch switches, the main loop, and a run.
+"""The machine: q35/pc assembled from a table of devices, the patch switches, start and stop.
 
 :class:`Machine` builds what ``-M q35|pc`` builds in QEMU as far as aemu models it -- the
 ``memory`` and ``I/O`` address spaces, the split (or in-kernel, or userspace) irqchip, then the
 devices of :data:`BOARD` (the ACPI PM block, the HPET, the BQL-bound legacy devices) -- wires
-GSIs, applies the switches of the BQL-free series, and starts one :class:`~aemu.cpu.VCPU` task per
-``-smp`` CPU plus the main loop.
-:func:`simulate` runs a :class:`~aemu.config.MachineConfig` to completion on its own
-virtual-time loop and returns a :class:`~aemu.result.Result`.
+GSIs, applies the switches of the BQL-free series, and :meth:`~Machine.start` starts one
+:class:`~aemu.cpu.VCPU` task per ``-smp`` CPU plus the main loop (``vm_start``).
+
+How a run is capped, traced, watched and interrupted is :mod:`aemu.runner`'s
+(:func:`~aemu.runner.run_machine`, :func:`~aemu.runner.simulate`); ``aemu.machine.simulate``,
+``simulate_machine`` and ``DEFAULT_CAP_NS`` still resolve to it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import clock
 from .config import MachineConfig
@@ -35,15 +37,18 @@ from .devices.rtc import RTCState
 from .devices.serial import SerialState
 from .errors import ConfigError
 from .memory import AddressSpace, MemoryRegion, MemoryRegionOps
-from .result import RegionLatency, Result, region_latency
+from .result import RegionLatency, region_latency
 from .sync import Lock
 from .trace import Tracer, Utilisation
 from .workloads.base import Workload, get_workload
 
-__all__ = ["BOARD", "BoardDevice", "Machine", "simulate", "simulate_machine"]
+if TYPE_CHECKING:  # at run time these resolve through __getattr__ below (aemu.runner imports this module)
+    from .runner import DEFAULT_CAP_NS as DEFAULT_CAP_NS
+    from .runner import ProgressFn as ProgressFn
+    from .runner import simulate as simulate
+    from .runner import simulate_machine as simulate_machine
 
-#: progress(virtual_ns, vcpus_finished, vcpus_total)
-ProgressFn = Callable[[int, int, int], None]
+__all__ = ["BOARD", "BoardDevice", "Machine"]
 
 _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
@@ -106,6 +111,12 @@ class Machine:
     serial: SerialState
     rtc: RTCState
     pit: PITState
+    #: Loop time when the run started (:meth:`start`): the origin of its figures.
+    start_ns: int = 0
+    _t0 = 0.0
+    _side: tuple[asyncio.Task[None], ...] = ()
+    _side_end_ns = 0
+    _ended = True
 
     def __init__(self, config: MachineConfig | str, workload: Workload | None = None, *,
                  realtime: bool = False) -> None:
@@ -291,53 +302,83 @@ class Machine:
         for lock in self.all_locks():
             lock.tracer = tracer
 
-    async def run(self, cap_ns: int | None = None, *, progress: ProgressFn | None = None,
-                  progress_every_ns: int | None = None) -> None:
-        """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time.
+    def start(self, side_tasks: Iterable[asyncio.Task[None]] = ()) -> list[asyncio.Task[None]]:
+        """Start the main loop and one task per vCPU on the running loop (``vm_start``).
 
-        ``progress(virtual_ns, vcpus_finished, vcpus_total)`` is called every
-        ``progress_every_ns`` of virtual time (default: a hundredth of the cap). If the run is
-        cancelled (Ctrl-C), ``interrupted`` is set and the accounting up to then is kept.
+        ``side_tasks`` (a workload's own, already created) belong to the run: :meth:`stop` cancels
+        them with the vCPUs, and the run has finished only when they are done too. The run's
+        clock starts now: ``finish_ns``, the BQL utilisation and an attached tracer count from
+        here. Returns the tasks the run waits for: the vCPUs', then the side tasks.
         """
+        if self._tasks:
+            raise RuntimeError("the machine is running already: stop() it first")
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         self.host.main_loop.start()
-        tasks = []
         for cpu in self.vcpus:
             cpu.task = loop.create_task(cpu.run(), name=cpu.name)
-            tasks.append(cpu.task)
-        start = clock.now_ns()
-        self.bql_utilisation.origin_ns = start
-        ticker = None
-        if progress is not None:
-            every = progress_every_ns or max(1_000, (cap_ns or DEFAULT_CAP_NS) // 100)
-            ticker = loop.create_task(self._progress(progress, every, start), name="progress")
-        try:
-            timeout = None if cap_ns is None else cap_ns / 1e9
-            done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            self.finished = not pending
-            self.finish_ns = (max(c.finish_ns for c in self.vcpus) - start) if self.finished else clock.now_ns() - start
-        except asyncio.CancelledError:
-            self.interrupted = True
-            self.finish_ns = clock.now_ns() - start
-            raise
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.host.main_loop.stop()
-            self.wall_s = time.perf_counter() - t0
+            self._tasks.append(cpu.task)
+        self._side = tuple(side_tasks)
+        self._side_end_ns = 0
+        for t in self._side:
+            self._tasks.append(t)
+            t.add_done_callback(self._side_done)
+        self.start_ns = clock.now_ns()
+        self._ended = False
+        self.bql_utilisation.origin_ns = self.start_ns
+        if self.tracer is not None:
+            self.tracer.origin_ns = self.start_ns
+        return list(self._tasks)
 
-    async def _progress(self, progress: ProgressFn, every_ns: int, start: int) -> None:
-        total = len(self.vcpus)
-        while True:
-            await clock.sleep_ns(every_ns)
-            progress(clock.now_ns() - start, sum(c.finished for c in self.vcpus), total)
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            self._side_end_ns = max(self._side_end_ns, clock.now_ns())
+
+    async def stop(self) -> None:
+        """Stop the run: book its end, then cancel the vCPUs, the side tasks and the main loop (no
+        lock stays held). Idempotent; a stop that was itself cancelled completes when called again.
+
+        ``finished`` says whether every vCPU's program returned and every side task ended;
+        ``finish_ns`` is then when the last of them did, else the time of the stop (both
+        relative to the start).
+        """
+        tasks = self._tasks
+        if tasks and not self._ended:
+            self._ended = True
+            self.finished = (all(c.finished for c in self.vcpus)
+                             and all(t.done() and not t.cancelled() for t in self._side))
+            if self.finished:
+                self.finish_ns = max(max(c.finish_ns for c in self.vcpus), self._side_end_ns) - self.start_ns
+            else:
+                self.finish_ns = clock.now_ns() - self.start_ns
+        if self.paused:
+            self.resume()  # unfreeze a paused loop and the vCPUs parked on it so they can be cancelled
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.host.main_loop.stop()
+        if tasks:
+            self._tasks = []
+            self.wall_s = time.perf_counter() - self._t0
+
+    @property
+    def running(self) -> bool:
+        """Whether tasks of a started run are still running."""
+        return any(not t.done() for t in self._tasks)
+
+    async def run(self, cap_ns: int | None = None, *, progress: ProgressFn | None = None,
+                  progress_every_ns: int | None = None) -> None:
+        """Run until every vCPU's program returns, or until ``cap_ns`` of virtual time (None: none).
+
+        :func:`aemu.runner.run_machine` on this machine: ``progress(ns, vcpus_finished,
+        vcpus_total)`` every ``progress_every_ns``; a cancelled run sets ``interrupted``, keeps
+        the accounting up to then, and re-raises.
+        """
+        from .runner import run_machine
+
+        await run_machine(self, duration_ns=cap_ns, default_cap_ns=None, progress=progress,
+                          progress_every_ns=progress_every_ns)
 
     # -- stop/cont (QEMU's vm_stop/vm_start, driven by aemu.monitor) ------------------------------
     def pause(self) -> None:
@@ -401,80 +442,27 @@ class Machine:
         finally:
             self._parked.discard(cpu.index)
 
-    # -- real time: run on the host's loop until stopped -------------------------------------------
+    # -- ``async with machine:`` -- started on entry, stopped on exit -------------------------------
     async def __aenter__(self) -> Machine:
-        """Start the main loop and the vCPUs on the running loop (real-time mode)."""
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, clock.VirtualTimeLoop) and self.realtime:
-            pass  # a real-time machine on a virtual loop simply runs in virtual time
-        self.host.main_loop.start()
-        self._t0 = time.perf_counter()
-        self._start_ns = clock.now_ns()
-        self.bql_utilisation.origin_ns = self._start_ns
-        for cpu in self.vcpus:
-            cpu.task = loop.create_task(cpu.run(), name=cpu.name)
-            self._tasks.append(cpu.task)
+        """:meth:`start` on the running loop (real time on a host loop, else virtual time)."""
+        self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    @property
-    def running(self) -> bool:
-        """Whether vCPU tasks started by ``async with`` are still running."""
-        return any(not t.done() for t in self._tasks)
 
-    async def stop(self) -> None:
-        """Stop the vCPUs and the main loop (no lock stays held); idempotent."""
-        tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await self.host.main_loop.stop()
-        if tasks:
-            self.finished = all(c.finished for c in self.vcpus)
-            self.finish_ns = clock.now_ns() - self._start_ns
-            self.wall_s = time.perf_counter() - self._t0
-
-
-async def simulate_machine(config: MachineConfig, workload: Workload | None = None, *,
-                           progress: ProgressFn | None = None, tracer: Tracer | None = None,
-                           keep_partial: bool = False) -> Machine:
-    """Build and run a machine on the running (virtual-time) loop; returns it for inspection.
-
-    With ``keep_partial`` a cancelled run (Ctrl-C) returns the machine with ``interrupted`` set
-    instead of raising, so its partial report can be printed.
-    """
-    machine = Machine(config, workload)
-    if tracer is not None:
-        machine.attach_tracer(tracer)
-    cap = config.duration_ns
-    if cap is None and machine.workload.open_ended:
-        raise ConfigError(f"workload {machine.workload.name!r} runs until stopped: give --duration")
-    if cap is None:
-        cap = DEFAULT_CAP_NS
-    try:
-        await machine.run(cap, progress=progress)
-    except asyncio.CancelledError:
-        if not keep_partial:
-            raise
-    return machine
-
-
-#: Bucket of the BQL utilisation series.
+#: Bucket of the BQL utilisation series (it widens when a run outgrows aemu.trace.MAX_BINS).
 UTILISATION_BIN_NS = 100_000
 
-#: Virtual-time cap of a run when --duration is not given (a boot that stalls ends here).
-DEFAULT_CAP_NS = 2_000_000_000
+_RUNNER_NAMES = frozenset({"DEFAULT_CAP_NS", "ProgressFn", "simulate", "simulate_machine"})
 
 
-def simulate(config: MachineConfig | str, workload: Workload | None = None, *,
-             progress: ProgressFn | None = None, tracer: Tracer | None = None,
-             keep_partial: bool = False) -> Result:
-    """Run ``config`` to completion on a fresh virtual-time loop and return its result."""
-    if isinstance(config, str):
-        config = MachineConfig.parse(config)
-    machine = clock.run(simulate_machine(config, workload, progress=progress, tracer=tracer,
-                                         keep_partial=keep_partial))
-    return Result.from_machine(machine)
+def __getattr__(name: str) -> Any:
+    """The run functions' old home: ``simulate``, ``simulate_machine``, ``DEFAULT_CAP_NS`` and
+    ``ProgressFn`` live in :mod:`aemu.runner` (looked up on use: it imports this module)."""
+    if name in _RUNNER_NAMES:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

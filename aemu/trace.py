@@ -11,6 +11,9 @@ is still waking up -- into virtual-time buckets (cheap enough to be always on fo
 series behind "BQL utilisation over virtual time". It keeps at most ``max_bins`` buckets: when a
 run outgrows them, neighbours merge in pairs and the bucket width doubles, so memory and the
 result document stay bounded however long the run (a 300 s idle run as well as a 1 s one).
+
+Both record times relative to ``origin_ns``, the run's start (a real-time loop's clock is the
+host's monotonic clock, not 0).
 """
 
 from __future__ import annotations
@@ -36,16 +39,24 @@ class Span:
 
 @dataclass(slots=True)
 class Tracer:
-    """Collects spans within ``[window_start_ns, window_end_ns)``, at most ``max_spans``."""
+    """Collects spans within ``[window_start_ns, window_end_ns)``, at most ``max_spans``.
+
+    Times are kept relative to ``origin_ns`` (set to the run's start when the run starts), so a
+    window and the timeline read the same on a virtual-time and on a real-time loop.
+    """
 
     window_start_ns: int = 0
     window_end_ns: int | None = None
     max_spans: int = 200_000
     spans: list[tuple[str, str, int, int]] = field(default_factory=list)
     dropped: int = 0
+    #: Loop time of the run's start: spans are recorded relative to it.
+    origin_ns: int = 0
 
     def span(self, track: str, name: str, start_ns: int, end_ns: int) -> None:
         """Record one span (clipped to the window; dropped and counted when full)."""
+        start_ns -= self.origin_ns
+        end_ns -= self.origin_ns
         if end_ns <= self.window_start_ns or (self.window_end_ns is not None and start_ns >= self.window_end_ns):
             return
         if len(self.spans) >= self.max_spans:

@@ -204,3 +204,111 @@ class TestBoard:
         m = Machine(MachineConfig.parse("-M q35,hpet=on"))
         assert m.hpet is not None and m.hpet.pit_irq_control == m.pit.irq_control
 
+
+class TestRunCap:
+    @pytest.mark.parametrize("args, kw, cap", [
+        ("--workload boot", {}, 2_000_000_000),
+        ("--workload boot --duration 5ms", {}, 5_000_000),
+        ("--workload boot --duration 5ms", {"duration_ns": 7}, 7),
+        ("--workload boot", {"realtime": True}, None),
+        ("--workload boot", {"default_ns": None}, None),
+        ("--workload idle --duration 1s", {}, 1_000_000_000),
+        ("--workload idle", {"stoppable": True}, None),
+        ("--workload idle", {"realtime": True}, None),
+    ])
+    def test_the_rule(self, args: str, kw: dict, cap: int | None) -> None:  # type: ignore[type-arg]
+        from aemu.runner import run_cap_ns
+
+        m = Machine(MachineConfig.parse(args))
+        assert run_cap_ns(m.config, m.workload, **kw) == cap
+
+    def test_an_open_ended_workload_needs_a_duration(self) -> None:
+        with pytest.raises(ConfigError, match="workload 'idle' runs until stopped: give --duration"):
+            run("--workload idle")
+
+
+class TestRunMachine:
+    """aemu.runner.run_machine: how a run ends (finished, cap, stop request, error, cancel)."""
+
+    HPET = f"-smp 4 {SPLIT} --workload hpet-bench --param reads=50 --series before"
+
+    def test_progress_and_the_cap(self) -> None:
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        log: list[tuple[int, int, int]] = []
+        m = clock.run(run_machine(MachineConfig.parse(self.HPET), duration_ns=300_000,
+                                  progress=lambda ns, fin, total: log.append((ns, fin, total)),
+                                  progress_every_ns=100_000))
+        assert not m.finished and not m.interrupted and m.finish_ns == 300_000
+        assert log == [(100_000, 0, 4), (200_000, 0, 4), (300_000, 0, 4)]  # the tick at the cap too
+
+    def test_a_progress_error_ends_the_run_with_no_lock_held(self) -> None:
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        def broken(ns: int, fin: int, total: int) -> None:
+            raise KeyError("dashboard")
+
+        m = Machine(MachineConfig.parse(self.HPET))
+        with pytest.raises(KeyError, match="dashboard"):
+            clock.run(run_machine(m, progress=broken, progress_every_ns=50_000))
+        assert not any(lock.locked() for lock in m.all_locks()) and not m.running
+
+    def test_a_stop_request_ends_the_run(self) -> None:
+        import asyncio
+
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        async def main() -> Machine:
+            stop = asyncio.Event()
+            clock.call_at_ns(1_000_000, stop.set)
+            return await run_machine("-smp 2 --workload idle", stop=stop)  # open-ended: no cap needed
+
+        m = clock.run(main())
+        assert (m.finish_ns, m.finished, m.interrupted) == (1_000_000, False, False)
+
+    @pytest.mark.parametrize("keep_partial", [True, False])
+    def test_a_cancelled_run_keeps_its_books_or_reraises(self, keep_partial: bool) -> None:
+        import asyncio
+
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        m = Machine(MachineConfig.parse(self.HPET))
+
+        async def main() -> None:
+            task = asyncio.create_task(run_machine(m, keep_partial=keep_partial))
+            await clock.sleep_ns(200_000)
+            task.cancel()
+            if keep_partial:
+                assert await task is m
+            else:
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        clock.run(main())
+        assert m.interrupted and not m.finished and m.finish_ns == 200_000
+        assert not any(lock.locked() for lock in m.all_locks()) and not m.running
+        assert m.bql.statistics().acquisitions > 0
+
+    def test_a_workload_goes_with_a_configuration_only(self) -> None:
+        from aemu import clock
+        from aemu.runner import run_machine
+        from aemu.workloads.micro import PMTimerBench
+
+        coro = run_machine(Machine(MachineConfig.parse("")), PMTimerBench())
+        with pytest.raises(TypeError, match="a workload goes with a configuration"):
+            clock.run(coro)
+
+    def test_machine_run_and_simulate_are_run_machine(self) -> None:
+        from aemu import clock
+        from aemu.result import Result
+
+        args = f"-smp 4 {SPLIT} --workload boot --param phases=1 --series before"
+        m = Machine(MachineConfig.parse(args))
+        clock.run(m.run(10**9))
+        a, b = run(args).to_dict(), Result.from_machine(m).to_dict()
+        a.pop("wall_s"), b.pop("wall_s")
+        assert a == b

@@ -194,6 +194,24 @@ class TestWrite:
         assert timeline_summary(t) == "timeline: 0 spans, window [0, end] ns, not truncated"
 
 
+class TestOrigin:
+    def test_a_run_that_starts_late_on_its_loop_traces_the_same_spans(self) -> None:
+        """Spans are relative to the run's start (a real-time loop's clock is not 0)."""
+        from aemu.runner import run_machine
+
+        def spans_after(delay_ns: int) -> list[tuple[str, str, int, int]]:
+            t = aemu.trace.Tracer()
+
+            async def main() -> None:
+                await aemu.clock.sleep_ns(delay_ns)
+                await run_machine(ARGS, tracer=t)
+
+            aemu.clock.run(main())
+            return t.spans
+
+        assert spans_after(7_000_000) == spans_after(0) != []
+
+
 def brute_force_bins(holds: list[tuple[int, int]], bin_ns: int) -> dict[int, int]:
     """Busy ns per bucket as Utilisation kept them before buckets could merge: split each hold."""
     busy: dict[int, int] = defaultdict(int)
