@@ -27,7 +27,6 @@ the run's :class:`~aemu.result.Result` with a :class:`ReplayReport`.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import os
 import re
@@ -40,8 +39,8 @@ from .errors import AemuError
 
 if TYPE_CHECKING:
     from .config import MachineConfig
-    from .machine import Machine, ProgressFn
     from .result import Result
+    from .runner import ProgressFn
     from .trace import Tracer
 
 __all__ = [
@@ -419,34 +418,17 @@ def replay(trace_path: str | os.PathLike[str] | Trace, config: MachineConfig, *,
     """Replay a trace on the machine ``config`` describes; returns the run's result and a report.
 
     The run has no virtual-time cap unless ``config.duration_ns`` sets one (the guest programs are
-    finite). ``config.workload`` is recorded as ``replay``.
+    finite); the cap ends the device context (cpu -1) too, however late its recorded accesses.
+    ``config.workload`` is recorded as ``replay``.
     """
     from . import clock
     from .result import Result
+    from .runner import run_machine
     from .workloads.replay import ReplayWorkload
 
     trace = trace_path if isinstance(trace_path, Trace) else load_trace(trace_path, lenient=lenient)
     config = config.replace(workload="replay", workload_params=(("time_scale", time_scale),))
     workload = ReplayWorkload(trace, time_scale=time_scale, device_context=device_context)
-
-    async def main() -> Machine:
-        from .machine import Machine
-
-        machine = Machine(config, workload)
-        if tracer is not None:
-            machine.attach_tracer(tracer)
-        devices = workload.start_device_context(machine)
-        try:
-            await machine.run(config.duration_ns, progress=progress)
-        finally:
-            if devices is not None:
-                if machine.finished:
-                    await devices
-                else:
-                    devices.cancel()
-                    await asyncio.gather(devices, return_exceptions=True)
-        return machine
-
-    machine = clock.run(main())
+    machine = clock.run(run_machine(config, workload, tracer=tracer, progress=progress, default_cap_ns=None))
     result = Result.from_machine(machine)
     return result, workload.report(machine, result)

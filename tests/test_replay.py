@@ -203,6 +203,41 @@ class TestReplay:
         assert report.exact_counts and result.bql.acquisitions > 0
 
 
+#: One vCPU access, a device-context (cpu -1) access 50 µs in, and another an hour later.
+LATE_DEVICE = """\
+100@1000.000000:memory_region_ops_read cpu 0 mr 0x1 addr 0x608 value 0x0 size 4 name 'acpi-tmr'
+100@1000.000050:memory_region_ops_write cpu -1 mr 0x2 addr 0xfee00000 value 0x0 size 4 name 'apic-msi'
+100@1000.000100:memory_region_ops_read cpu 0 mr 0x1 addr 0x608 value 0x0 size 4 name 'acpi-tmr'
+100@{late}:memory_region_ops_write cpu -1 mr 0x2 addr 0xfee00000 value 0x0 size 4 name 'apic-msi'
+"""
+
+
+class TestDeviceContextAndTheCap:
+    def test_duration_ends_the_device_context_however_late_its_accesses(self) -> None:
+        import time
+
+        from aemu.trace import MAX_BINS
+
+        trace = parse_trace(LATE_DEVICE.format(late="4600.000000").splitlines())
+        t0 = time.perf_counter()
+        result, report = replay(trace, MachineConfig.parse(SPLIT.format(n=2, series="after") + " --duration 10ms"))
+        assert time.perf_counter() - t0 < 5
+        assert result.virtual_ns == 10_000_000 and not result.finished and not result.interrupted
+        assert all(v.finished for v in result.vcpus)  # the vCPUs were done; the device context was not
+        assert "1 of 2 replayed from a device context" in report.device_handling
+        assert [(m.name, m.reason) for m in report.mismatches] == [
+            ("kvm-apic-msi", "the run did not finish (capped or interrupted)")]
+        assert len(result.bql_utilisation) <= MAX_BINS
+
+    def test_a_replay_finishes_when_its_device_context_does(self) -> None:
+        trace = parse_trace(LATE_DEVICE.format(late="1000.300000").splitlines())
+        result, report = replay(trace, MachineConfig.parse(SPLIT.format(n=2, series="after")))
+        assert result.finished and report.exact_counts and report.replayed == 2 * 2 + 2
+        assert max(v.finish_ns for v in result.vcpus) < 1_000_000  # the vCPUs are done long before
+        assert result.virtual_ns == 300_000_000 + 300  # the last access, 300 ms in, and its handler
+        assert result.metric.value == result.virtual_ns
+
+
 def test_example_smoke_run() -> None:
     import subprocess
     import sys

@@ -29,8 +29,10 @@ still taken by a region of another name is a *conflict*: replayed as is, and rep
 **cpu -1.** Device-context accesses (a device's DMA or MSI write) are replayed by a task of their
 own, ``replay-devices``, at their recorded times (or, without timestamps, after
 ``guest_compute_ns`` per preceding access line), through the address space with the BQL held,
-as QEMU's device code runs (timer callbacks and bottom halves hold it). With
-``device_context=False`` they are skipped and the report says so.
+as QEMU's device code runs (timer callbacks and bottom halves hold it). The task is part of the
+run: the run finishes when it and the vCPUs are done, and ``--duration`` ends it like the vCPUs,
+whatever the timestamps of its last accesses say. With ``device_context=False`` they are skipped
+and the report says so.
 
 **Scaling with -smp N.** With R recorded vCPUs (the BSP is cpu 0, or the lowest index seen) and
 the others the APs in index order: vCPU 0 replays the BSP stream; for N >= R, vCPU i >= 1 replays
@@ -266,13 +268,18 @@ class ReplayWorkload(Workload):
                 yield exit_of(a)
 
     # -- device context (cpu -1) --------------------------------------------------------------------
-    def start_device_context(self, machine: Machine) -> asyncio.Task[None] | None:
-        """Start the ``replay-devices`` task on the running loop (None if there is nothing to do)."""
+    def start_side_tasks(self, machine: Machine) -> list[asyncio.Task[None]]:
+        """The ``replay-devices`` task on the running loop, if there are cpu -1 accesses to replay.
+
+        It is part of the run (:class:`aemu.runner.SideTasks`): the run finishes when it and the
+        vCPUs are done, and the run's cap (``--duration``) stops it like the vCPUs, however late
+        its last recorded access is.
+        """
         accesses = self._by_cpu.get(-1, [])
         if not accesses or not self.device_context:
-            return None
+            return []
         loop = asyncio.get_running_loop()
-        return loop.create_task(self._devices(machine, accesses), name="replay-devices")
+        return [loop.create_task(self._devices(machine, accesses), name="replay-devices")]
 
     async def _devices(self, machine: Machine, accesses: list[Access]) -> None:
         start = clock.now_ns()
