@@ -36,10 +36,10 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -48,9 +48,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import clock
 from .config import MachineConfig
-from .errors import ConfigError
-from .machine import DEFAULT_CAP_NS, Machine
+from .machine import Machine
 from .result import Result
+from .runner import run_machine, run_on_host_loop
 from .sync import LockStatistics
 from .trace import Tracer
 from .workloads.base import Workload
@@ -65,8 +65,6 @@ __all__ = [
     "simulate_async",
     "take_snapshot",
 ]
-
-T = TypeVar("T")
 
 #: Called with each snapshot on the application's loop; may return an awaitable, which is awaited.
 SnapshotCallback = Callable[["Snapshot"], object]
@@ -108,15 +106,6 @@ def _parse(config: MachineConfig | str) -> MachineConfig:
     return MachineConfig.parse(config) if isinstance(config, str) else config
 
 
-def _cap_ns(config: MachineConfig, workload: Workload) -> int:
-    """The virtual-time cap of a run (as :func:`aemu.machine.simulate_machine` chooses it)."""
-    if config.duration_ns is not None:
-        return config.duration_ns
-    if workload.open_ended:
-        raise ConfigError(f"workload {workload.name!r} runs until stopped: give --duration")
-    return DEFAULT_CAP_NS
-
-
 # -- the simulation thread ----------------------------------------------------------------------------
 
 #: Held by the worker thread running a virtual-time simulation: runs go one at a time per process.
@@ -130,10 +119,12 @@ _SLOT_POLL_S = 0.01
 class _Simulation:
     """One virtual-time run in a worker thread, and the thread-safe handle to cancel it."""
 
-    def __init__(self, config: MachineConfig, workload: Workload | None, every_ns: int | None,
+    def __init__(self, config: MachineConfig, workload: Workload | None, snapshots: bool, every_ns: int | None,
                  tracer: Tracer | None, emit: Callable[[Snapshot], None]) -> None:
         self.config = config
         self.workload = workload
+        #: Whether to take snapshots, and how often (None: a hundredth of the run's cap).
+        self.snapshots = snapshots
         self.every_ns = every_ns
         self.tracer = tracer
         self.machine: Machine | None = None
@@ -168,43 +159,33 @@ class _Simulation:
             thread.name = name
 
     async def _main(self) -> Result:
-        machine = Machine(self.config, self.workload)
-        self.machine = machine
-        if self.tracer is not None:
-            machine.attach_tracer(self.tracer)
-        cap = _cap_ns(self.config, machine.workload)
-        loop = asyncio.get_running_loop()
-        with self._guard:
-            if self._cancelled:  # stopped before it started
-                machine.interrupted = True
-                return Result.from_machine(machine)
-            self._loop, self._task = loop, asyncio.current_task()
-        start, t0 = clock.now_ns(), time.perf_counter()
-        snapper = None
-        if self.every_ns is not None:
-            snapper = loop.create_task(self._snapshots(machine, self.every_ns, start, t0), name="snapshots")
+        t0 = time.perf_counter()
+        listening = True
+
+        def started(machine: Machine) -> None:
+            nonlocal t0
+            self.machine, t0 = machine, time.perf_counter()
+            with self._guard:
+                if self._cancelled:
+                    raise asyncio.CancelledError  # stopped before it started: nothing runs
+                self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+
+        def snapshot(ns: int, finished: int, total: int) -> None:
+            nonlocal listening
+            if listening and self.machine is not None:
+                try:
+                    self._emit(take_snapshot(self.machine, self.machine.start_ns, t0))
+                except Exception:
+                    listening = False  # the application stopped listening: run on without snapshots
+
         try:
-            await machine.run(cap)
-        except asyncio.CancelledError:
-            # A cancel may also land in machine.run's clean-up after a normal end: finish it here
-            # (only one cancel is ever delivered, so these awaits are safe).
-            await asyncio.gather(*(c.task for c in machine.vcpus if c.task is not None), return_exceptions=True)
-            await machine.host.main_loop.stop()
-            machine.interrupted = not machine.finished
+            machine = await run_machine(self.config, self.workload, tracer=self.tracer, on_start=started,
+                                        progress=snapshot if self.snapshots else None,
+                                        progress_every_ns=self.every_ns, keep_partial=True)
         finally:
             with self._guard:
                 self._loop = self._task = None  # a later cancel() finds nothing to cancel
-            if snapper is not None:
-                snapper.cancel()  # clock.run reaps it
         return Result.from_machine(machine)
-
-    async def _snapshots(self, machine: Machine, every_ns: int, start: int, t0: float) -> None:
-        while True:
-            await clock.sleep_ns(every_ns)
-            try:
-                self._emit(take_snapshot(machine, start, t0))
-            except Exception:
-                return  # the application stopped listening: run on without snapshots
 
 
 # -- the application's side ------------------------------------------------------------------------------
@@ -274,6 +255,14 @@ async def live(config: MachineConfig | str, *, every_ns: int | None = None, work
     that has not ended (await ``run.result()`` inside to run it to the end) and waits for its
     thread. Works on asyncio (uvloop included) and trio.
     """
+    async with _live(config, every_ns is not None, every_ns, workload, tracer, buffer) as run:
+        yield run
+
+
+@asynccontextmanager
+async def _live(config: MachineConfig | str, snapshots: bool, every_ns: int | None, workload: Workload | None,
+                tracer: Tracer | None, buffer: int) -> AsyncIterator[LiveRun]:
+    """:func:`live`; with ``snapshots`` and no ``every_ns``, one snapshot per hundredth of the cap."""
     config = _parse(config)
     if every_ns is not None and every_ns <= 0:
         raise ValueError(f"every_ns must be a positive number of nanoseconds, got {every_ns}")
@@ -284,7 +273,7 @@ async def live(config: MachineConfig | str, *, every_ns: int | None = None, work
     def emit(snap: Snapshot) -> None:  # in the simulation thread; waits while the buffer is full
         anyio.from_thread.run(send.send, snap)
 
-    sim = _Simulation(config, workload, every_ns, tracer, emit)
+    sim = _Simulation(config, workload, snapshots, every_ns, tracer, emit)
     run = LiveRun(sim, receive)
     error: Exception | None = None
     with receive:
@@ -310,11 +299,7 @@ async def simulate_async(config: MachineConfig | str, *, workload: Workload | No
     virtual time (default: a hundredth of the cap); it may be async. Cancelling the caller
     stops the run (no lock held, thread joined) and re-raises the cancellation.
     """
-    config = _parse(config)
-    every = None
-    if on_snapshot is not None:
-        every = snapshot_every_ns or max(1_000, (config.duration_ns or DEFAULT_CAP_NS) // 100)
-    async with live(config, every_ns=every, workload=workload, tracer=tracer) as run:
+    async with _live(config, on_snapshot is not None, snapshot_every_ns, workload, tracer, DEFAULT_BUFFER) as run:
         if on_snapshot is not None:
             async for snap in run.snapshots():
                 ret = on_snapshot(snap)
@@ -333,47 +318,34 @@ async def run_realtime(config: MachineConfig | str, *, workload: Workload | None
     The run ends when every vCPU's program returns, after ``duration_s`` (default: the config's
     ``--duration``, else none) or when the task is cancelled (Ctrl-C): then the partial report
     is returned (``interrupted`` set) instead of raising, so a stopped run still has a report.
-    ``on_snapshot`` is called every ``every_s`` wall seconds. asyncio only (not trio).
+    ``on_snapshot`` is called every ``every_s`` wall seconds; an error in it ends the run. Times
+    are the host's monotonic clock in ns (:func:`aemu.clock.now_ns`). asyncio only (not trio).
     """
     config = _parse(config)
     if every_s <= 0:
         raise ValueError(f"every_s must be a positive number of seconds, got {every_s}")
-    if duration_s is None and config.duration_ns is not None:
-        duration_s = config.duration_ns / clock.NS_PER_S
     machine = Machine(config, workload, realtime=True)
-    if tracer is not None:
-        machine.attach_tracer(tracer)
-    ticker: asyncio.Task[None] | None = None
+    t0 = 0.0
+
+    def snapshot(ns: int, finished: int, total: int) -> object:
+        assert on_snapshot is not None
+        return on_snapshot(take_snapshot(machine, machine.start_ns, t0))
+
     slot = False
     try:
         while not (slot := _RUN_SLOT.acquire(blocking=False)):  # one run at a time (see _RUN_SLOT)
             await asyncio.sleep(_SLOT_POLL_S)
-        async with machine:
-            tasks = [c.task for c in machine.vcpus if c.task is not None]
-            if on_snapshot is not None:  # it never ends, but an error in on_snapshot ends the run
-                ticker = asyncio.create_task(_tick(machine, on_snapshot, every_s), name="snapshots")
-            watched = tasks if ticker is None else [*tasks, ticker]
-            done, _ = await asyncio.wait(watched, timeout=duration_s, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+        t0 = time.perf_counter()
+        await run_machine(machine, tracer=tracer,
+                          duration_ns=None if duration_s is None else round(duration_s * clock.NS_PER_S),
+                          progress=None if on_snapshot is None else snapshot,
+                          progress_every_ns=round(every_s * clock.NS_PER_S), keep_partial=True)
     except asyncio.CancelledError:
-        machine.interrupted = not machine.finished
+        machine.interrupted = True  # cancelled while waiting for the run slot: nothing ran
     finally:
-        if ticker is not None:
-            ticker.cancel()
         if slot:
             _RUN_SLOT.release()
     return Result.from_machine(machine)
-
-
-async def _tick(machine: Machine, on_snapshot: SnapshotCallback, every_s: float) -> None:
-    start, t0 = clock.now_ns(), time.perf_counter()
-    while True:
-        await asyncio.sleep(every_s)
-        ret = on_snapshot(take_snapshot(machine, start, t0))
-        if inspect.isawaitable(ret):
-            await ret
 
 
 def run_realtime_blocking(config: MachineConfig | str, *, workload: Workload | None = None,
@@ -387,17 +359,8 @@ def run_realtime_blocking(config: MachineConfig | str, *, workload: Workload | N
                                       on_snapshot=on_snapshot, every_s=every_s, tracer=tracer))
 
     try:
-        _run_host_loop(main())
+        run_on_host_loop(main())
     except KeyboardInterrupt:
         if not got:
             raise
     return got[0]
-
-
-def _run_host_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """``uvloop.run`` when uvloop is importable, else ``asyncio.run``."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)

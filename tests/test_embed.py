@@ -296,6 +296,13 @@ class TestRealtime:
         r = run_realtime_blocking("-smp 1 --workload idle --duration 50ms")
         assert 0.05e9 <= r.virtual_ns <= 0.5e9
 
+    def test_a_finished_run_with_snapshots_ends_when_its_programs_do(self) -> None:
+        snaps: list[Snapshot] = []
+        t0 = time.perf_counter()
+        r = asyncio.run(run_realtime("-smp 2 --workload hpet-bench --param reads=20", duration_s=30,
+                                     on_snapshot=snaps.append, every_s=0.005))
+        assert r.finished and not r.interrupted and time.perf_counter() - t0 < 10
+
 
 class TestExamples:
     def run(self, name: str, *args: str) -> str:
