@@ -584,6 +584,15 @@ class TestVirtualTime:
         t.join(5)
         assert got["result"].finished and not os.path.exists(path)
 
+    def test_a_tracer_and_a_duration_go_through(self) -> None:
+        from aemu.trace import Tracer
+
+        t = Tracer()
+        r = run_with_monitor("-smp 2 --workload idle", f"unix:{_sock_path()},server,wait=off", realtime=False,
+                             duration_s=0.002, tracer=t)
+        assert r.virtual_ns == 2_000_000 and not r.finished and not r.interrupted
+        assert t.spans and max(s[3] for s in t.spans) <= 2_000_000
+
 
 class TestCLI:
     def test_aemu_run_realtime_qmp_quit_prints_report(self) -> None:

@@ -10,53 +10,49 @@ serves only the sockets.
 The run ends with a ``SHUTDOWN`` event (``data.reason``): ``quit`` ("host-qmp-quit"), every
 vCPU's program returned ("guest-shutdown", ``guest: true``), ``--duration`` reached ("none"), or
 Ctrl-C / cancellation ("host-signal", the Result then has ``interrupted`` set). The server is
-closed (the unix socket removed) and the run's :class:`~aemu.result.Result` returned.
+closed (the unix socket removed) and the run's :class:`~aemu.result.Result` returned. The run
+itself is :func:`aemu.runner.run_machine`'s, with the monitor's ``quit`` as its stop request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 from .. import clock
 from ..config import MachineConfig
-from ..machine import DEFAULT_CAP_NS, Machine
+from ..machine import Machine
 from ..result import Result
+from ..runner import run_machine, run_on_host_loop
+from ..trace import Tracer
 from ..workloads.base import Workload
 from .commands import Monitor
 from .qmp import QMPAddress, QMPServer, parse_qmp_option
 
 __all__ = ["run_with_monitor", "serve"]
 
-T = TypeVar("T")
-
 
 async def serve(config: MachineConfig | str, address: QMPAddress | str, *, realtime: bool = True,
-                workload: Workload | None = None, duration_s: float | None = None,
+                workload: Workload | None = None, duration_s: float | None = None, tracer: Tracer | None = None,
                 on_listening: Callable[[QMPServer], object] | None = None) -> Result:
     """Run ``config`` with a QMP server on ``address`` until quit, the end, the duration, or cancel.
 
-    ``duration_s`` defaults to the config's ``--duration`` (wall seconds in real time, virtual
-    seconds otherwise; a virtual-time run of a workload that ends has the usual 2 s cap).
-    ``on_listening(server)`` is called once the socket listens (``server.bound`` has the port).
+    ``realtime`` says which loop this runs on (real time: a host loop; else a virtual-time loop)
+    and so how the run starts. ``duration_s`` defaults to the config's ``--duration`` (wall
+    seconds in real time, virtual seconds otherwise; a virtual-time run of a workload that ends
+    has the usual 2 s cap). ``on_listening(server)`` is called once the socket listens
+    (``server.bound`` has the port).
     """
     if isinstance(config, str):
         config = MachineConfig.parse(config)
     if isinstance(address, str):
         address = parse_qmp_option(address)
     machine = Machine(config, workload, realtime=realtime)
-    if duration_s is None and config.duration_ns is not None:
-        duration_s = config.duration_ns / clock.NS_PER_S
-    if duration_s is None and not realtime and not machine.workload.open_ended:
-        duration_s = DEFAULT_CAP_NS / clock.NS_PER_S
     start_paused = address.wait and not realtime
     monitor = Monitor(machine, start_paused=start_paused)
     server = QMPServer(monitor, address)
     monitor.emit = server.emit_event
     await server.start()
-    reason, guest = "host-signal", False
-    entered = False
     try:
         if on_listening is not None:
             on_listening(server)
@@ -64,34 +60,20 @@ async def serve(config: MachineConfig | str, address: QMPAddress | str, *, realt
             await server.first_client.wait()
         if start_paused:
             machine.pause()
-        await machine.__aenter__()
-        entered = True
-        tasks = [c.task for c in machine.vcpus if c.task is not None]
-        cpus = asyncio.ensure_future(asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))
-        quit_ = asyncio.ensure_future(monitor.quit_requested.wait())
-        try:
-            done, _ = await asyncio.wait({cpus, quit_}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cpus.cancel()
-            quit_.cancel()
-        for t in tasks:
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-        if quit_ in done:
-            reason = "host-qmp-quit"
-        elif cpus in done:
+        await run_machine(machine, tracer=tracer, stop=monitor.quit_requested, keep_partial=True,
+                          duration_ns=None if duration_s is None else round(duration_s * clock.NS_PER_S))
+    except asyncio.CancelledError:
+        machine.interrupted = True  # before the run started (waiting for a client)
+    finally:
+        if machine.interrupted:
+            reason, guest = "host-signal", False
+        elif monitor.quit_requested.is_set():
+            reason, guest = "host-qmp-quit", False
+        elif machine.finished:
             reason, guest = "guest-shutdown", True
         else:
-            reason = "none"
-    except asyncio.CancelledError:
-        machine.interrupted = True
-    finally:
+            reason, guest = "none", False  # --duration reached
         monitor.shutdown(reason, guest=guest)
-        if entered:
-            machine.resume()  # unfreeze a paused loop so the tasks can be cancelled
-            await machine.stop()
-            if machine.interrupted:
-                machine.interrupted = not machine.finished
         # after `quit` the client hangs up itself (qmp-shell reads its next line first): give it
         # a moment, so it does not see EOF mid-read, as it would not with QEMU's slower teardown
         await server.close(linger_s=1.0 if reason == "host-qmp-quit" else 0.0)
@@ -99,20 +81,12 @@ async def serve(config: MachineConfig | str, address: QMPAddress | str, *, realt
 
 
 def run_with_monitor(config: MachineConfig | str, address: QMPAddress | str, *, realtime: bool = True,
-                     workload: Workload | None = None, duration_s: float | None = None,
+                     workload: Workload | None = None, duration_s: float | None = None, tracer: Tracer | None = None,
                      on_listening: Callable[[QMPServer], object] | None = None) -> Result:
     """:func:`serve` on a fresh loop: uvloop (asyncio if missing) in real time, else a virtual-time loop.
     Ctrl-C ends the run with its partial report."""
-    coro = serve(config, address, realtime=realtime, workload=workload, duration_s=duration_s,
+    coro = serve(config, address, realtime=realtime, workload=workload, duration_s=duration_s, tracer=tracer,
                  on_listening=on_listening)
     if not realtime:
         return clock.run(coro)
-    return _run_host_loop(coro)
-
-
-def _run_host_loop(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    return run_on_host_loop(coro)
