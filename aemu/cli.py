@@ -19,11 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import MachineConfig
+    from .machine import Machine
+    from .result import Result
+    from .trace import Tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -149,6 +155,28 @@ def _progress(quiet: bool, total: float, unit: str) -> Iterator[_Progress]:
         p.close()
 
 
+def _run_one(config: MachineConfig, tracer: Tracer | None, *, realtime: bool, quiet: bool) -> Result:
+    """One run by :func:`aemu.runner.run_machine`: on a fresh virtual-time loop, or on uvloop in
+    real time; Ctrl-C keeps the partial report (``interrupted``)."""
+    from . import clock
+    from .result import Result
+    from .runner import run_cap_ns, run_machine, run_on_host_loop
+
+    time_word = "wall" if realtime else "virtual"
+    with _progress(quiet, 0, "ns") as bar:
+        def started(machine: Machine) -> None:
+            cap = run_cap_ns(machine.config, machine.workload, realtime=realtime)
+            bar.total = cap or 0
+            bar.quiet = bar.quiet or cap is None  # no end to measure progress against
+
+        def step(ns: int, fin: int, total: int) -> None:
+            bar.update(ns, f"{time_word} {ns / 1e6:,.1f} ms, {fin}/{total} vCPUs finished")
+
+        coro = run_machine(config, tracer=tracer, progress=step, on_start=started, keep_partial=True)
+        machine = run_on_host_loop(coro) if realtime else clock.run(coro)
+    return Result.from_machine(machine)
+
+
 def _machine_args(f: F) -> F:
     return click.argument("args", nargs=-1, type=click.UNPROCESSED)(f)
 
@@ -223,7 +251,6 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
     monitor during the run (see aemu.monitor).
     """
     from .config import MachineConfig, parse_duration
-    from .machine import DEFAULT_CAP_NS, simulate
     from .report.tables import render_run_report
     from .trace import Tracer
 
@@ -256,18 +283,9 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
                         else "; paused until a client sends 'cont'")
             click.echo(f"aemu: QMP monitor on {server.bound}{note}", err=True)
 
-        result = run_with_monitor(config, qmp, realtime=realtime, on_listening=listening)
-    elif realtime:
-        from .embed import run_realtime_blocking
-
-        result = run_realtime_blocking(config, duration_s=(config.duration_ns / 1e9) if config.duration_ns else None)
+        result = run_with_monitor(config, qmp, realtime=realtime, tracer=tracer, on_listening=listening)
     else:
-        cap = config.duration_ns or DEFAULT_CAP_NS
-        with _progress(quiet, cap, "ns") as bar:
-            def step(vns: int, fin: int, total: int) -> None:
-                bar.update(vns, f"virtual {vns / 1e6:,.1f} ms, {fin}/{total} vCPUs finished")
-
-            result = simulate(config, progress=step, tracer=tracer, keep_partial=True)
+        result = _run_one(config, tracer, realtime=realtime, quiet=quiet)
     click.echo(render_run_report(result))
     _write_outputs(result, json_file, tracer, timeline_file)
     if plots is not None:

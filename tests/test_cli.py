@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aemu import __version__
@@ -107,3 +109,20 @@ def test_bad_output_paths_and_options_exit_2(argv: list[str], needle: str, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode", [[], ["--realtime"]])
+def test_run_writes_a_timeline_in_virtual_and_real_time(mode: list[str], capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    """Regression: ``aemu run --realtime --timeline f.json`` wrote an empty timeline (the tracer was not passed on)."""
+    import json
+
+    path = tmp_path / "t.json"
+    assert main(["run", *mode, "-q", "-smp", "2", "--workload", "hpet-bench", "--param", "reads=20",
+                 "--timeline", str(path)]) == 0
+    assert "timeline: 0 spans" not in capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    spans = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    assert {e["cat"] for e in spans} >= {"guest", "exit"}
+    assert len({e["tid"] for e in spans}) >= 2  # both vCPUs
+    assert 0 <= min(e["ts"] for e in spans) < 1e6  # µs since the run's start, not the host's clock
