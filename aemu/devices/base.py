@@ -25,11 +25,12 @@ cost with ``await host.delay(...)`` (under the lock the access holds, if any).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from .. import clock, patches as _patches
-from ..clock import _DONE, QuantumKeeper, current_keeper, local_now_ns
+from ..clock import QuantumKeeper, current_keeper, local_now_ns
 from ..costs import CostModel
 from ..errors import ConfigError
 from ..irq import IRQLine
@@ -39,35 +40,36 @@ from ..sync import Lock, bql_locked
 from ..timer import MainLoop, QEMUTimer, TimerCallback
 
 # PATCHES is re-exported for modules that still import it from here; its home is aemu.patches.
-__all__ = ["BQLGuard", "Device", "DeviceHost", "PATCHES"]
+__all__ = ["Device", "DeviceHost", "LockGuard", "PATCHES"]
 
 
-class BQLGuard(Protocol):
-    """What :meth:`DeviceHost.bql_guard` returns: an async context manager whose enter and exit
-    are plain calls returning an awaitable (no coroutine is made unless the BQL is contended)."""
+class LockGuard(Protocol):
+    """What :meth:`DeviceHost.bql_guard` and :meth:`aemu.sync.Lock.held` return: an async context
+    manager whose enter and exit are plain calls returning an awaitable (no coroutine is made
+    unless the lock is contended)."""
 
     def __aenter__(self) -> Awaitable[None]: ...
 
     def __aexit__(self, *exc_info: object) -> Awaitable[None]: ...
 
 
-#: An awaitable that completes at once, on any loop.
-_READY: Awaitable[None] = _DONE
-
-
 class _HeldByCaller:
-    """``BQL_LOCK_GUARD()`` when the caller holds the BQL: nothing to take, nothing to release."""
+    """``BQL_LOCK_GUARD()`` when the caller holds the BQL: nothing to take, nothing to release.
 
-    __slots__ = ()
+    Enter and exit return ``ready``, a completed future (awaiting one does not yield and, unlike
+    a Python-level ``__await__``, costs no function call).
+    """
+
+    __slots__ = ("ready",)
+
+    def __init__(self, ready: asyncio.Future[None]) -> None:
+        self.ready = ready
 
     def __aenter__(self) -> Awaitable[None]:
-        return _READY
+        return self.ready
 
     def __aexit__(self, *exc_info: object) -> Awaitable[None]:
-        return _READY  # its result (None) lets the exception, if any, propagate
-
-
-_HELD_BY_CALLER = _HeldByCaller()
+        return self.ready  # its result (None) lets the exception, if any, propagate
 
 
 class DeviceHost:
@@ -82,6 +84,7 @@ class DeviceHost:
         self.main_loop = MainLoop(self.bql, self.costs.timer_cb_ns)
         self.locks: dict[str, Lock] = {}
         self._gsi: list[IRQLine | None] = [None] * gsi_count
+        self._held_by_caller: _HeldByCaller | None = None  # made at the first bql_guard under the BQL
 
     # -- switches ------------------------------------------------------------------------------
     def patch(self, name: str) -> bool:
@@ -131,7 +134,7 @@ class DeviceHost:
         return self.main_loop.timer_new_ns(name, cb)
 
     # -- locks and interrupts ------------------------------------------------------------------
-    def bql_guard(self, site: str) -> BQLGuard:
+    def bql_guard(self, site: str) -> LockGuard:
         """``async with host.bql_guard(site):`` -- QEMU's ``BQL_LOCK_GUARD()``.
 
         Holds the BQL for the block: a caller that already holds it gets a ready no-op context
@@ -139,7 +142,12 @@ class DeviceHost:
         the end, through :meth:`aemu.sync.Lock.held` (uncontended: no coroutine, no loop turn).
         """
         if bql_locked():
-            return _HELD_BY_CALLER
+            held = self._held_by_caller
+            if held is None:
+                ready = asyncio.get_running_loop().create_future()
+                ready.set_result(None)  # done: awaited on any loop, it completes at once
+                held = self._held_by_caller = _HeldByCaller(ready)
+            return held
         return self.bql.held(site)
 
     def new_lock(self, name: str) -> Lock:
