@@ -521,29 +521,67 @@ class TestLocking:
         assert rig.bql_sites() == {"someone else": 1, "hpet irq": 1}
         assert [(n, level) for _, n, level in rig.log] == [(2, 0), (8, 0)]
 
-    def test_apply_patches_flips_the_region_at_run_time(self) -> None:
+    def test_switches_take_effect_at_apply_patches(self) -> None:
         async def main() -> None:
             rig = make_rig(HPET_LOCK)
             mr = rig.hpet.iomem
             assert mr.lockless_io and mr.disable_reentrancy_guard
             await rig.read(ID)
             rig.host.set_patch("hpet-lock", False)
-            # until apply_patches the region stays lockless: the handler takes the BQL itself
+            # the switch alone changes nothing: accesses keep the locking chosen last
             await rig.read(ID)
-            assert rig.bql_sites() == {"hpet read": 1}
+            assert rig.hpet.locking == "hpet-lock" and mr.lockless_io
+            assert rig.mutex_sites() == {"hpet read": 2}
             rig.hpet.apply_patches()
+            assert rig.hpet.locking == "bql"
             assert not mr.lockless_io and not mr.disable_reentrancy_guard
             await rig.read(ID)
-            assert rig.bql_sites() == {"hpet read": 2}
-            assert rig.host.bql.statistics().acquisitions == 2
+            assert rig.bql_sites() == {"hpet read": 1}  # taken by dispatch (prepare_mmio_access)
             rig.host.set_patch("hpet-lock", True)
             rig.hpet.apply_patches()
-            assert mr.lockless_io
+            assert rig.hpet.locking == "hpet-lock" and mr.lockless_io
             await rig.read(ID)
-            assert rig.mutex_sites() == {"hpet read": 2}
-            assert rig.host.bql.statistics().acquisitions == 2
+            assert rig.mutex_sites() == {"hpet read": 3}
+            assert rig.host.bql.statistics().acquisitions == 1
 
         clock.run(main())
+
+    async def test_counter_lockless_flipped_at_run_time(self) -> None:
+        rig = make_rig(HPET_LOCK)
+        hpet, seq = rig.hpet, rig.hpet.state_version
+        await rig.write(CFG, ENABLE)
+
+        async def counter_nowait() -> bool:
+            """Whether a counter read completes without an await (read_nowait serves it)."""
+            async with keeper():
+                return rig.space.read_nowait(HPET_BASE + COUNTER, 8) is not None
+
+        assert not await counter_nowait()
+        await rig.read(COUNTER)
+        rig.host.set_patch("hpet-counter-lockless", True)
+        hpet.apply_patches()
+        assert hpet.locking == "hpet-counter-lockless"
+        assert await counter_nowait()
+        await rig.read(COUNTER)
+        await rig.write(CFG, ENABLE)  # a write section of state_version now
+        rig.host.set_patch("hpet-counter-lockless", False)
+        hpet.apply_patches()
+        assert not await counter_nowait()
+        await rig.read(COUNTER)
+        await rig.write(CFG, ENABLE)
+        assert rig.mutex_sites() == {"hpet write": 3, "hpet read": 2}
+        assert (seq.statistics().reads, seq.statistics().writes) == (2, 1)
+        assert hpet.counter_reads == 4
+
+    async def test_a_what_if_lockless_region_before_the_series_takes_the_bql_itself(self) -> None:
+        rig = make_rig(BEFORE)
+        rig.hpet.iomem.enable_lockless_io()  # --lockless hpet: dispatch no longer takes the BQL
+        await rig.read(ID)
+        await rig.read(COUNTER)
+        await rig.write(CFG, ENABLE | LEGACY)  # IRQ updates under the BQL the handler holds
+        assert rig.bql_sites() == {"hpet read": 2, "hpet write": 1}
+        assert rig.hpet.lock.statistics().acquisitions == 0
+        assert [(n, level) for _, n, level in rig.log] == [(2, 0), (8, 0)]
 
 
 class TestSeqLock:

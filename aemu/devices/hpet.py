@@ -14,14 +14,18 @@ a QEMU timer on the virtual clock run by the main loop under the BQL. Registers:
         comparator (+0x8), FSB route (+0x10)
 ======  =====================================================================================
 
-Locking, decided per access from the host's switches (see :mod:`aemu.devices.base`):
+Locking, chosen from the host's switches (:mod:`aemu.patches`) by :meth:`HPETState.apply_patches`,
+which the machine calls when it builds the HPET and after a switch flips; an access does not look
+at the switches:
 
 * neither ``hpet-lock`` nor ``hpet-counter-lockless`` (QEMU before the series): the region is an
-  ordinary one, dispatch takes the BQL (``prepare_mmio_access``) and the handlers run under it.
+  ordinary one, dispatch takes the BQL (``prepare_mmio_access``) and the handlers run under it
+  (a handler takes the BQL itself if a what-if switch made the region lockless).
 * ``hpet-lock`` (patch 3/6): the region is lockless (``memory_region_enable_lockless_io``) and
   ``hpet_ram_read``/``hpet_ram_write`` take the device mutex (``QEMU_LOCK_GUARD(&s->lock)``).
   IRQ updates take the BQL around the ``qemu_irq`` call (the Sept-2025 follow-up
-  ``BQL_LOCK_GUARD()`` in ``update_irq`` and the legacy-mode switch): mutex first, then BQL.
+  ``BQL_LOCK_GUARD()`` in ``update_irq`` and the legacy-mode switch, :meth:`DeviceHost.bql_guard`
+  here): mutex first, then BQL.
 * ``hpet-counter-lockless`` (patches 4-5/6): a main-counter read (0x0f0/0x0f4) takes no lock. It
   runs one read section of the ``state_version`` sequence lock; only CONFIG writes, under the
   mutex, bump the version around the enable/disable transition. Other registers keep the mutex.
@@ -52,15 +56,15 @@ Where aemu differs from QEMU, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..clock import _running, current_keeper
 from ..errors import ConfigError
 from ..irq import IRQLine
-from ..sync import SeqLock, bql_locked
+from ..sync import SeqLock
 from ..timer import QEMUTimer
-from .base import Device, DeviceHost
+from .base import Device, DeviceHost, LockGuard
 
 __all__ = [
     "HPET_BASE",
@@ -261,6 +265,12 @@ class HPETState(Device):
         self.fsb_writes = 0
         self.dropped_irqs = 0
         self._cost = host.costs.handler("hpet")
+        # What apply_patches chose (see _ram_read / _ram_write): the lock register accesses take,
+        # the lockless counter reader and the versioned CONFIG writer if patch 5/6 is on.
+        self._locking = "bql"
+        self._guard: Callable[[str], LockGuard] = host.bql_guard
+        self._counter_read: Callable[[int], Awaitable[int]] | None = None
+        self._config_write: Callable[[int, int, int], Awaitable[None]] | None = None
         self.timers = [HPETTimer(self, n) for n in range(num_timers)]
         self.iomem = self.region_io("hpet", HPET_LEN, self._ram_read, self._ram_write,
                                     read_nowait=self._ram_read_nowait,
@@ -287,20 +297,35 @@ class HPETState(Device):
 
     # -- switches --------------------------------------------------------------------------------
     def apply_patches(self) -> None:
-        """Make the region lockless iff ``hpet-lock`` is on (call again after flipping it)."""
-        if self.host.patch("hpet-lock"):
-            self.iomem.enable_lockless_io()
+        """Choose the locking from the switches: the region's ``lockless_io`` and the handlers.
+
+        The machine calls it at build time and after flipping a switch; until then accesses keep
+        the locking chosen last. The region's ops stay the same functions (the memory API may
+        have resolved them): ``_ram_read``/``_ram_write`` call the handlers chosen here.
+        """
+        host = self.host
+        if host.patch("hpet-counter-lockless"):  # patches 4-5/6 (needs hpet-lock)
+            locking = "hpet-counter-lockless"
+        elif host.patch("hpet-lock"):  # patch 3/6
+            locking = "hpet-lock"
         else:
+            locking = "bql"
+        self._locking = locking
+        if locking == "bql":
             self.iomem.lockless_io = False
             self.iomem.disable_reentrancy_guard = False
+            self._guard = host.bql_guard  # held already, unless a what-if made the region lockless
+        else:
+            self.iomem.enable_lockless_io()
+            self._guard = self.lock.held  # QEMU_LOCK_GUARD(&s->lock)
+        lockless = locking == "hpet-counter-lockless"
+        self._counter_read = self._read_counter_lockless if lockless else None
+        self._config_write = self._write_config_versioned if lockless else None
 
     @property
     def locking(self) -> str:
-        """Which locking the next access uses: "bql", "hpet-lock" or "hpet-counter-lockless"."""
-        host = self.host
-        if host.patch("hpet-counter-lockless"):
-            return "hpet-counter-lockless"
-        return "hpet-lock" if host.patch("hpet-lock") else "bql"
+        """The locking :meth:`apply_patches` chose: "bql", "hpet-lock" or "hpet-counter-lockless"."""
+        return self._locking
 
     # -- the counter -----------------------------------------------------------------------------
     @property
@@ -308,9 +333,17 @@ class HPETState(Device):
         """ENABLE_CNF: the counter runs and timers may interrupt."""
         return bool(self.config & HPET_CFG_ENABLE)
 
+    def _ticks_at(self, ns: int) -> int:
+        """The running counter at virtual time ``ns`` (``ns_to_ticks(ns + s->hpet_offset)``)."""
+        return ((ns + self.hpet_offset) & _U64) // HPET_CLK_PERIOD_NS
+
+    def _ns_at(self, tick: int) -> int:
+        """The virtual time at which the running counter reaches ``tick`` (uint64)."""
+        return (tick * HPET_CLK_PERIOD_NS - self.hpet_offset) & _U64
+
     def _get_ticks(self) -> int:
         """``hpet_get_ticks``: the running counter at the caller's virtual time."""
-        return ((self.host.now_ns() + self.hpet_offset) & _U64) // HPET_CLK_PERIOD_NS
+        return self._ticks_at(self.host.now_ns())
 
     def counter_value(self) -> int:
         """The main counter as the calling task sees it now (no lock, no cost)."""
@@ -336,14 +369,14 @@ class HPETState(Device):
     def _ram_read_nowait(self, addr: int, size: int) -> int | None:
         """The lockless counter read without an await (patch 5/6), or None for the full path.
 
-        The hot path of a lockless HPET benchmark, so written flat: it charges the handler cost
-        to the calling vCPU's keeper (``host.charge_nowait``) and reads the counter at its local
-        time (``counter_value``), inline.
+        The hot path of a lockless HPET benchmark, so kept flat: it charges the handler cost to
+        the calling vCPU's keeper (as ``host.charge_nowait`` would) and reads the counter at the
+        keeper's local time (``counter_value`` with the keeper at hand: one call, to the formula).
         """
-        if addr & ~4 != HPET_COUNTER:
+        if addr & ~4 != HPET_COUNTER or self._counter_read is None:
             return None
         seq = self.state_version
-        if seq.sequence & 1 or "hpet-counter-lockless" not in self.host.patches:
+        if seq.sequence & 1:
             return None
         k = _running.keeper  # set by the vCPU around a synchronous read
         if k is None:
@@ -355,97 +388,65 @@ class HPETState(Device):
         self.counter_reads += 1
         version = seq.read_begin()
         if self.config & HPET_CFG_ENABLE:
-            tick = ((k.clock() + k.offset_ns + self.hpet_offset) & _U64) // HPET_CLK_PERIOD_NS
+            tick = self._ticks_at(k.clock() + k.offset_ns)
         else:
             tick = self.hpet_counter
         seq.read_retry(version)  # nothing ran in between: no writer can have moved it
         return tick >> ((addr & 4) * 8)
 
     async def _ram_read(self, addr: int, size: int) -> int:
-        host = self.host
+        """``hpet_ram_read``: under the lock :meth:`apply_patches` chose (the BQL or the device
+        mutex), but the main counter through the lockless reader if it chose one."""
         self.reads += 1
         if addr & ~4 == HPET_COUNTER:
             self.counter_reads += 1
-            if host.patch("hpet-counter-lockless"):
-                # Patch 5/6: no lock; one read section of state_version. Nothing here yields
-                # except host.delay (which runs ahead for a vCPU holding no lock).
-                await host.delay(self._cost)
-                seq = self.state_version
-                version = seq.read_begin()
-                tick = self.counter_value()
-                if seq.read_retry(version):
-                    tick = await self._counter_read_slow()
-                return tick >> ((addr & 4) * 8)
-        if host.patch("hpet-lock"):
-            lock = self.lock
-            await lock.acquire("hpet read")
-            try:
-                await host.delay(self._cost)
-                return self._read_reg(addr)
-            finally:
-                lock.release()
-        if bql_locked():  # the usual case: dispatch took the BQL
-            await host.delay(self._cost)
+            read = self._counter_read
+            if read is not None:
+                return await read(addr)
+        async with self._guard("hpet read"):
+            await self.host.delay(self._cost)
             return self._read_reg(addr)
-        bql = host.bql  # region left lockless after hpet-lock was turned off: serialize anyway
-        await bql.acquire("hpet read")
-        try:
-            await host.delay(self._cost)
-            return self._read_reg(addr)
-        finally:
-            bql.release()
+
+    async def _read_counter_lockless(self, addr: int) -> int:
+        """Patch 5/6: no lock; one read section of ``state_version``. Nothing here yields except
+        ``host.delay`` (which runs ahead for a vCPU holding no lock)."""
+        await self.host.delay(self._cost)
+        seq = self.state_version
+        version = seq.read_begin()
+        tick = self.counter_value()
+        if seq.read_retry(version):
+            tick = await self._counter_read_slow()
+        return tick >> ((addr & 4) * 8)
 
     async def _ram_write(self, addr: int, value: int, size: int) -> None:
-        host = self.host
+        """``hpet_ram_write``: under the lock :meth:`apply_patches` chose, but CONFIG through the
+        versioned writer if it chose one."""
         self.writes += 1
-        if host.patch("hpet-lock"):
-            lock = self.lock
-            await lock.acquire("hpet write")
-            try:
-                await self._write_locked(addr, value, size)
-            finally:
-                lock.release()
-        elif bql_locked():
-            await self._write_locked(addr, value, size)
-        else:
-            bql = host.bql
-            await bql.acquire("hpet write")
-            try:
-                await self._write_locked(addr, value, size)
-            finally:
-                bql.release()
+        if addr & ~4 == HPET_CFG:
+            write = self._config_write
+            if write is not None:
+                return await write(addr, value, size)
+        async with self._guard("hpet write"):
+            await self._write_held(addr, value, size)
 
-    async def _write_locked(self, addr: int, value: int, size: int) -> None:
-        """The write under the device mutex (or the BQL); CONFIG writes bump ``state_version``."""
-        host = self.host
-        ops: list[_IrqOp] = []
-        if addr < 0x100 and addr & ~4 == HPET_CFG and host.patch("hpet-counter-lockless"):
+    async def _write_config_versioned(self, addr: int, value: int, size: int) -> None:
+        """Patch 5/6: a CONFIG write, under the mutex, is a write section of ``state_version``."""
+        async with self._guard("hpet write"):
             seq = self.state_version
             seq.write_begin()
             try:
-                await host.delay(self._cost)
-                self._write_reg(addr, value, size, ops)
-                if ops:
-                    await self._deliver_locked(ops)
+                await self._write_held(addr, value, size)
             finally:
                 seq.write_end()
-            return
-        await host.delay(self._cost)
+
+    async def _write_held(self, addr: int, value: int, size: int) -> None:
+        """The write under the device mutex or the BQL; IRQ updates under ``BQL_LOCK_GUARD()``."""
+        await self.host.delay(self._cost)
+        ops: list[_IrqOp] = []
         self._write_reg(addr, value, size, ops)
         if ops:
-            await self._deliver_locked(ops)
-
-    async def _deliver_locked(self, ops: list[_IrqOp]) -> None:
-        """``BQL_LOCK_GUARD()`` around the IRQ updates: take the BQL unless already held."""
-        if bql_locked():
-            self._deliver(ops)
-            return
-        bql = self.host.bql
-        await bql.acquire("hpet irq")
-        try:
-            self._deliver(ops)
-        finally:
-            bql.release()
+            async with self.host.bql_guard("hpet irq"):
+                self._deliver(ops)
 
     # -- register decode (callers hold the mutex or the BQL) ----------------------------------------
     def _read_reg(self, addr: int) -> int:
@@ -561,7 +562,7 @@ class HPETState(Device):
 
     def _arm(self, t: HPETTimer, tick: int) -> None:
         """``hpet_arm``: run the QEMU timer when the counter reaches ``tick``."""
-        ns = (tick * HPET_CLK_PERIOD_NS - self.hpet_offset) & _U64
+        ns = self._ns_at(tick)
         if t.config & HPET_TN_PERIODIC and (ns - t.last) & _U64 < _MIN_PERIOD_NS:
             ns = (t.last + _MIN_PERIOD_NS) & _U64
         t.last = ns
