@@ -323,8 +323,6 @@ class TestRealtimeClock:
             r = run_asyncio(run_realtime("-smp 1 --workload idle", duration_s=0.0105), loop)
             assert 10_500_000 <= r.virtual_ns < 200_000_000 and not r.finished
 
-    @pytest.mark.xfail(strict=True, reason="aemu/sync/lock.py's _LoopTime still reads loop.time() (uvloop: "
-                                           "milliseconds); it should read time.monotonic_ns(), as clock.now_ns() does")
     def test_no_lock_wait_quantised_to_a_millisecond_on_uvloop(self) -> None:
         r = run_asyncio(run_realtime(self.ARGS), "uvloop")
         bql = r.bql

@@ -491,7 +491,8 @@ class _LoopTime:
 
     @property
     def _now_ns(self) -> int:
-        return int(self._loop.time() * NS_PER_S)
+        # clock.now_ns() off a virtual loop: time.monotonic_ns(), not loop.time() (uvloop: ms)
+        return now_ns()
 
 
 class _RunningLoopTime:
