@@ -2,7 +2,7 @@
 
 One frozen dataclass, :class:`CostModel`, read from Python, from a TOML file (``--costs``) or left
 at its defaults. Results come from the model running with these costs; nothing is tuned per
-scenario. Every default says where it comes from (``shared/reference/CALIBRATION.md`` collects
+scenario. Every default says where it comes from (``docs/CALIBRATION.md`` in the repository collects
 the published figures); where nothing is published it says "assumption".
 """
 

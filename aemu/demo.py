@@ -7,7 +7,7 @@ BQL-free series (every dispatch takes the BQL) and once with ``enable_lockless_i
 and 2). A main-loop task takes the BQL periodically for its timers in both runs.
 
 Every figure comes from running the model; the costs are the calibration notes' assumptions
-(shared/reference/CALIBRATION.md), not fitted to a result. The machine model (vCPU exit loop,
+(docs/CALIBRATION.md), not fitted to a result. The machine model (vCPU exit loop,
 devices, cost model) supersedes this demo.
 """
 
@@ -27,7 +27,7 @@ from .sync import Lock, LockStatistics
 PM_FREQ_HZ = 3_579_545
 ACPI_PM_BASE_Q35 = 0x600
 
-#: Assumed costs (ns of virtual time), from shared/reference/CALIBRATION.md's "reasonable defaults".
+#: Assumed costs (ns of virtual time), from docs/CALIBRATION.md's "reasonable defaults".
 PIO_EXIT_NS = 2_000  # PIO exit to userspace and back (assumption, ~3x a kernel exit)
 PM_TIMER_HANDLER_NS = 250  # acpi_pm_tmr_read (assumption)
 BQL_HANDOFF_NS = 5_000  # contended BQL wake-up latency (assumption, bounded by ~9 µs forced hand-off)

@@ -2,7 +2,7 @@
 
     python examples/replay_linux_boot.py [TRACE] [--smp 4] [--time-scale 1.0] [--limit N]
 
-TRACE defaults to ../shared/traces/linux-6.1-q35-smp4-hpet.trace.gz next to the repository:
+TRACE defaults to traces/linux-6.1-q35-smp4-hpet.trace.gz in the repository:
 every PIO/MMIO access Linux 6.1 made while booting on QEMU 7.2 (q35, -smp 4, TCG), as QEMU's
 ``memory_region_ops_read/write`` trace events. Each recorded vCPU's accesses become a guest
 program on a q35 machine with a split irqchip; the example prints how the BQL fared before and
@@ -22,7 +22,7 @@ from pathlib import Path
 import aemu
 from aemu.replay import TraceError, load_trace, replay
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared/traces/linux-6.1-q35-smp4-hpet.trace.gz"
+DEFAULT = Path(__file__).resolve().parents[1] / "traces/linux-6.1-q35-smp4-hpet.trace.gz"
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("trace", nargs="?", type=Path, default=DEFAULT)

@@ -85,7 +85,7 @@ class PCIDeviceInfo:
 
 
 #: ``-M q35 -vga std`` with the default NIC (e1000e), bus 0; BAR addresses from the reference
-#: ``info mtree`` (shared/reference/qemu-7.2/info-mtree-q35.txt).
+#: ``info mtree`` (QEMU 7.2 info mtree output, tests/test_devices.py).
 Q35_PCI_DEVICES: tuple[PCIDeviceInfo, ...] = (
     PCIDeviceInfo("mch", 0x00, 0, 0x8086, 0x29C0, 0x060000,
                   firmware_config=((0x60, 4, 0xB000_0001),)),  # PCIEXBAR: MMCONFIG at 0xb0000000

@@ -9,6 +9,8 @@ base class queues, ``_do_put``/``_do_get`` decide). The waiter is woken ``handof
 
 from __future__ import annotations
 
+import abc
+
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Barging", "Fifo", "HandoffPolicy", "POLICIES"]
 
 
-class HandoffPolicy:
+class HandoffPolicy(abc.ABC):
     """Base of the hand-off policies; subclasses set :attr:`name` and fill in :meth:`release`."""
 
     __slots__ = ()
@@ -25,10 +27,10 @@ class HandoffPolicy:
     #: How ``Lock(policy=...)``, ``--lock-policy`` and the reports call it.
     name: ClassVar[str]
 
+    @abc.abstractmethod
     def release(self, lock: Lock, w: _Waiter, now: int) -> None:
         """A release at ``now`` freed the lock and took ``w``, the oldest waiter, off the queue:
         hand the lock to ``w`` or leave it free."""
-        raise NotImplementedError
 
 
 class Fifo(HandoffPolicy):
