@@ -628,6 +628,27 @@ class TestCLI:
         assert p.returncode == 2
         assert p.stderr.startswith("aemu: -qmp") and p.stderr.count("\n") == 1
 
+    def test_failed_tcp_bind_is_one_line_exit_2(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            # a port in use; an address that is not this host's (TEST-NET-1, RFC 5737)
+            for spec, reason in ((f"tcp:127.0.0.1:{port},server", "Address already in use"),
+                                 ("tcp:192.0.2.1:4444,server", "Cannot assign requested address")):
+                p = subprocess.run([sys.executable, "-m", "aemu.cli", "run", "-smp", "2", "-qmp", spec],
+                                   capture_output=True, text=True, timeout=20)
+                assert p.returncode == 2, p.stderr
+                assert p.stderr == f"aemu: -qmp: cannot listen on {spec.removesuffix(',server')}: {reason}\n"
+
+    def test_failed_tcp_bind_raises_config_error(self) -> None:
+        async def main() -> None:
+            server = QMPServer(None, parse_qmp_option("tcp:nosuchhost.invalid:4444,server"))
+            with pytest.raises(ConfigError, match=r"^-qmp: cannot listen on tcp:nosuchhost.invalid:4444: "):
+                await server.start()
+
+        run_async(main)
+
 
 class TestVirtualStop:
     def test_stop_freezes_virtual_time_and_cont_resumes(self) -> None:

@@ -474,8 +474,14 @@ class QMPServer:
             sock = self._bind_unix(a.path)
             self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=READ_CHUNK)
         else:
-            self._server = await asyncio.start_server(self._on_connect, a.host, a.port, limit=READ_CHUNK,
-                                                      reuse_address=True)
+            try:
+                self._server = await asyncio.start_server(self._on_connect, a.host, a.port, limit=READ_CHUNK,
+                                                          reuse_address=True)
+            except OSError as e:  # port in use, an address not on this host, a name that does not resolve
+                # asyncio wraps bind errors in its own sentence; say the system's reason once
+                plain = e.errno is not None and e.errno > 0 and not isinstance(e, socket.gaierror)
+                reason = os.strerror(e.errno) if plain else (e.strerror or str(e))
+                raise ConfigError(f"-qmp: cannot listen on {a}: {reason}") from None
 
     def _bind_unix(self, path: str) -> socket.socket:
         try:
