@@ -479,8 +479,9 @@ class QMPServer:
                                                           reuse_address=True)
             except OSError as e:  # port in use, an address not on this host, a name that does not resolve
                 # asyncio wraps bind errors in its own sentence; say the system's reason once
-                plain = e.errno is not None and e.errno > 0 and not isinstance(e, socket.gaierror)
-                reason = os.strerror(e.errno) if plain else (e.strerror or str(e))
+                errno = e.errno or 0
+                plain = errno > 0 and not isinstance(e, socket.gaierror)
+                reason = os.strerror(errno) if plain else (e.strerror or str(e))
                 raise ConfigError(f"-qmp: cannot listen on {a}: {reason}") from None
 
     def _bind_unix(self, path: str) -> socket.socket:
