@@ -13,7 +13,8 @@ Each loop iteration models ``kvm_cpu_exec``, the same four steps every time:
 * **pre_run** -- ``kvm_arch_pre_run``. With the PIC in userspace (kernel-irqchip=split|off) QEMU
   took the BQL on every entry to check ``interrupt_request``; with ``irqchip-pre-run`` (6/6) it
   takes it only when a hard interrupt is pending and the guest can take it (IF set), and NMI/SMI
-  bits are cleared under it briefly. kernel-irqchip=on never takes it.
+  bits are cleared under it briefly. kernel-irqchip=on never takes it. The loop calls it only
+  when the entry can have work (``VCPU.apply_patches`` keeps that flag when a switch flips).
 * **run** -- the guest program until its next exit (compute is local time, see below).
 * **handle** -- the exit. PIO/MMIO: ``AddressSpace.access`` resolves it, ``read_nowait`` /
   ``write_nowait`` completes it if it needs no lock, else the awaited ``read``/``write`` does
@@ -21,8 +22,8 @@ Each loop iteration models ``kvm_cpu_exec``, the same four steps every time:
   locks. HLT waits for an interrupt (with an in-kernel LAPIC the kernel handles it); IPIs and
   LAPIC timers go through the in-kernel LAPIC; shutdown stops the vCPU (so does a guest program
   that returns).
-* **post_run** -- ``kvm_arch_post_run``, after every exit: the BQL only with kernel-irqchip=off
-  (userspace APIC).
+* **post_run** -- ``kvm_arch_post_run``, after every exit. It has work only with a userspace APIC
+  (kernel-irqchip=off), where it takes the BQL; otherwise the loop skips it.
 
 A vCPU sees its machine through :class:`Board` (its address spaces, the BQL, the switches and
 its interrupt hooks), and keeps its books in a :class:`VCPUAccount`.
@@ -256,7 +257,16 @@ class VCPU:
         self.task: asyncio.Task[None] | None = None
         self._now: Callable[[], int] = clock.now_ns
         self._patches: AbstractSet[str] = board.patches
-        self._irqchip_in_qemu = board.kernel_irqchip != "on"
+        self._irqchip_in_qemu = board.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
+        #: kvm_arch_post_run has work after every exit (a userspace APIC: kernel-irqchip=off)
+        self._userspace_apic = board.kernel_irqchip == "off"
+        self._entry_always = False
+        self.apply_patches()
+
+    def apply_patches(self) -> None:
+        """Re-read the switches (the machine calls this when one flips): without ``irqchip-pre-run``
+        and with the PIC in userspace, every entry has work; else only when an interrupt is pending."""
+        self._entry_always = self._irqchip_in_qemu and "irqchip-pre-run" not in self._patches
 
     # the books, as the reports read them
     @property
@@ -324,8 +334,6 @@ class VCPU:
     async def run(self) -> None:
         """``kvm_cpu_exec`` until the guest program returns: pre_run, run, handle the exit, post_run."""
         b = self.board
-        self._patches = b.patches  # the live set: switches flipped at run time are seen
-        self._irqchip_in_qemu = b.kernel_irqchip != "on"  # kvm_pic_in_kernel() is false
         k = self.keeper
         k.attach()
         loop = asyncio.get_running_loop()
@@ -353,9 +361,10 @@ class VCPU:
             while True:
                 if b.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
                     await b.wait_resumed(self)
-                entry = self.kvm_arch_pre_run()
-                if entry is not None:
-                    await entry
+                if self._entry_always or self.interrupt_request or self.kvm_pending:
+                    entry = self.kvm_arch_pre_run()  # the entry has work, or decides it has none
+                    if entry is not None:
+                        await entry
                 tracer = b.tracer
                 if tracer is not None:
                     tg = now() + k.offset_ns
@@ -420,16 +429,13 @@ class VCPU:
                 elif cls is Shutdown:
                     exits["shutdown"] += 1
                     program.close()
-                    post = self.kvm_arch_post_run()
-                    if post is not None:
-                        await post
+                    if self._userspace_apic:
+                        await self.kvm_arch_post_run()
                     break
                 else:
                     send = await self.handle(ex)
-                if cls is not Halt and cls is not WaitForVector:  # HLT exits run it in halt()
-                    post = self.kvm_arch_post_run()
-                    if post is not None:
-                        await post
+                if self._userspace_apic and cls is not Halt and cls is not WaitForVector:
+                    await self.kvm_arch_post_run()  # HLT exits run it in halt()
         finally:
             if k.offset_ns and not k.locks_held:
                 try:
@@ -509,15 +515,10 @@ class VCPU:
                 self.interrupt_request |= CPU_INTERRUPT_HARD
         self.exit_request = False
 
-    def kvm_arch_post_run(self) -> Awaitable[None] | None:
-        """``kvm_arch_post_run``, after every return from KVM_RUN: with a userspace APIC
-        (kernel-irqchip=off) it syncs the TPR and APIC base under the BQL (the work to await);
-        otherwise there is nothing to do (None)."""
-        if self.board.kernel_irqchip != "off":
-            return None
-        return self._apic_sync()
-
-    async def _apic_sync(self) -> None:
+    async def kvm_arch_post_run(self) -> None:
+        """``kvm_arch_post_run`` with a userspace APIC (kernel-irqchip=off): sync the TPR and APIC
+        base under the BQL. The loop runs it after every return from KVM_RUN when
+        ``_userspace_apic``; with the APIC in the kernel it has nothing to do."""
         t0 = self._local()
         async with self.board.bql.held("kvm_arch_post_run"):
             pass
@@ -586,9 +587,8 @@ class VCPU:
         acct = self.account
         acct.exits["hlt"] += 1
         self.current_exit = "hlt"
-        post = self.kvm_arch_post_run()
-        if post is not None:
-            await post
+        if self._userspace_apic:
+            await self.kvm_arch_post_run()
         t0 = clock.now_ns()
         loop = asyncio.get_running_loop()
         try:

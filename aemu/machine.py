@@ -40,7 +40,7 @@ from .memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from .result import RegionLatency, region_latency
 from .sync import Lock
 from .trace import Tracer, Utilisation
-from .workloads.base import Workload, get_workload
+from .workloads import Workload, get_workload
 
 if TYPE_CHECKING:  # at run time these resolve through __getattr__ below (aemu.runner imports this module)
     from .runner import DEFAULT_CAP_NS as DEFAULT_CAP_NS
@@ -253,6 +253,8 @@ class Machine:
                 apply()
         for name in self.config.lockless:
             self.make_lockless(name)
+        for cpu in self.vcpus:
+            cpu.apply_patches()
 
     # -- what the vCPUs call --------------------------------------------------------------------
     def pic_interrupt(self, cpu: VCPU) -> int:

@@ -171,7 +171,7 @@ class IOAccess(MemoryAccess):
     the owner's re-entrancy guard around the handler (off for lockless regions, as in QEMU).
     """
 
-    __slots__ = ("region", "offset", "ops", "mask", "implemented")
+    __slots__ = ("region", "offset", "ops", "mask", "implemented", "_read_fast")
 
     def __init__(self, space: AddressSpace, addr: int, size: int, region: MemoryRegion, offset: int) -> None:
         super().__init__(space, addr, size, region.name)
@@ -181,6 +181,8 @@ class IOAccess(MemoryAccess):
         self.mask = _MASK[size]
         #: the handlers implement this size as is (no split, no widening)
         self.implemented = size in self.ops._impl_sizes
+        #: a coroutine read's no-await variant, when the ops have one and the size needs no adjusting
+        self._read_fast = self.ops.read_nowait if self.ops.read_is_coroutine and self.implemented else None
 
     def completes_now(self, is_write: bool) -> bool:
         ops = self.ops
@@ -191,20 +193,19 @@ class IOAccess(MemoryAccess):
     # -- no await ------------------------------------------------------------------------------
     def read_nowait(self) -> tuple[int, MemTxResult] | None:
         mr = self.region
-        ops = self.ops
-        if ops.read_is_coroutine:
+        fast = self._read_fast
+        if fast is not None:
             # a device may serve some registers of a lockless region without awaiting (the HPET
             # counter, the PM timer): ``ops.read_nowait`` gives the value or None
-            fast = ops.read_nowait
-            if fast is None or not mr.lockless_io or not self.implemented:
+            if not mr.lockless_io:
                 return None
             v = fast(self.offset, self.size)
             if v is None:
                 return None
             mr.reads += 1
             return v & self.mask, _OK
-        if not mr.lockless_io and not bql_locked():
-            return None  # prepare_mmio_access would take the BQL
+        if self.ops.read_is_coroutine or (not mr.lockless_io and not bql_locked()):
+            return None  # a coroutine handler, or prepare_mmio_access would take the BQL
         if mr.flush_coalesced_mmio:
             self.space.coalesced_mmio_flushes += 1
         return self._read_plain()

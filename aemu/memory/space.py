@@ -117,18 +117,25 @@ class AddressSpace:
 
     # -- dispatch ------------------------------------------------------------------------------------
     def access(self, addr: int, size: int) -> MemoryAccess:
-        """The access of ``size`` bytes at ``addr``, resolved against the current FlatView."""
+        """The access of ``size`` bytes at ``addr``, resolved against the current FlatView.
+
+        Cached by ``addr << 4 | size`` for access sizes (1, 2, 4, 8) at non-negative integer
+        addresses until the next render; anything else is resolved every time.
+        """
         if self._dirty:
             self._render()
-        key = addr << 4 | size if size in _SIZES and addr.__class__ is int and addr >= 0 else -1
-        acc = self._accesses.get(key)
-        if acc is None:
-            acc = resolve(self, addr, size)
-            if key >= 0:
-                cache = self._accesses
-                if len(cache) >= self.MAX_CACHED_ACCESSES:
-                    cache.clear()
-                cache[key] = acc
+        try:
+            return self._accesses[addr << 4 | size]
+        except (KeyError, TypeError):
+            return self._resolve(addr, size)
+
+    def _resolve(self, addr: int, size: int) -> MemoryAccess:
+        acc = resolve(self, addr, size)
+        if size in _SIZES and addr.__class__ is int and size.__class__ is int and addr >= 0:
+            cache = self._accesses
+            if len(cache) >= self.MAX_CACHED_ACCESSES:
+                cache.clear()
+            cache[addr << 4 | size] = acc
         return acc
 
     def read_nowait(self, addr: int, size: int) -> tuple[int, MemTxResult] | None:
