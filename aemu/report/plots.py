@@ -5,7 +5,9 @@ drawn on matplotlib's non-interactive Agg canvas directly (no pyplot, no global 
 which is safe from any thread and leaves a caller's own matplotlib setup alone.
 
 Colours are fixed per label so every plot of one comparison reads the same: "before" red,
-"after" blue, ablations ("after -SWITCH") in thinner dashed lines of other colours.
+"after" blue, ablations ("after -SWITCH") in thinner dashed lines of other colours. Each PNG
+carries its title, axis labels and legend as text (PNG ``Title`` and ``Description`` chunks), so a
+test can tell whether a committed plot still says what the code draws.
 """
 
 from __future__ import annotations
@@ -46,12 +48,22 @@ def _figure(width: float = 7.5, height: float = 4.6) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _texts(fig: Figure) -> dict[str, str]:
+    """The words on ``fig``: its axes titles, and axis labels and legend entries, one a line."""
+    axes = fig.get_axes()
+    legends = [ax.get_legend() for ax in axes] + list(fig.legends)
+    lines = [f"x: {ax.get_xlabel()}" for ax in axes] + [f"y: {ax.get_ylabel()}" for ax in axes]
+    lines += [f"legend: {t.get_text()}" for lg in legends if lg is not None for t in lg.get_texts()]
+    return {"Title": "\n".join(ax.get_title() for ax in axes), "Description": "\n".join(lines)}
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (creating its directory); unwritable -> ConfigError."""
+    """Write ``fig`` as a PNG at ``path`` (creating its directory), its words as PNG text chunks;
+    unwritable -> ConfigError."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, format="png")
+        fig.savefig(p, format="png", metadata=_texts(fig))
     except OSError as e:
         raise ConfigError(f"plot: cannot write {str(p)!r}: {e.strerror or e}") from None
     return p
@@ -81,12 +93,19 @@ def _legend(fig: Figure, ax: Axes, entries: int) -> None:
         fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
 
 
-def _machine_words(results: Sequence[Result], *, smp: bool = True) -> str:
-    """'boot, -smp 240, q35,hpet=off, kernel-irqchip=split': the parts all results share.
+def _workload_words(r: Result) -> str:
+    """'boot' or, with ``--param``s, 'boot phases=1,seed_offset=3'."""
+    params = ",".join(f"{k}={v}" for k, v in r.config.workload_params)
+    return f"{r.config.workload} {params}" if params else r.config.workload
 
-    (``qemu_args()`` is too long for a title; the workload and the vCPU count matter most.)
+
+def _machine_words(results: Sequence[Result], *, smp: bool = True) -> str:
+    """'boot phases=1, -smp 240, q35,hpet=off, kernel-irqchip=split': the parts all results share.
+
+    (``qemu_args()`` is too long for a title; the workload, its parameters and the vCPU count
+    matter most.)
     """
-    getters: list[Callable[[Result], str]] = [lambda r: r.config.workload]
+    getters: list[Callable[[Result], str]] = [_workload_words]
     if smp:
         getters.append(lambda r: f"-smp {r.config.smp.cpus}")
     getters += [lambda r: f"{r.config.machine},hpet={'on' if r.config.hpet else 'off'}",
@@ -100,9 +119,8 @@ def _machine_words(results: Sequence[Result], *, smp: bool = True) -> str:
 
 
 def _us_text(ns: float) -> str:
-    """A latency for a legend: '3.0 µs', '1,255 µs'."""
-    us = ns / 1000
-    return f"{us:,.0f} µs" if us >= 100 else f"{us:,.1f} µs"
+    """A latency for a legend, as ``aemu compare`` prints it: '3.0 µs', '1,254.5 µs'."""
+    return f"{ns / 1000:,.1f} µs"
 
 
 def plot_latency_cdf(results: Mapping[str, Result], region: str, path: str | Path) -> Path:
@@ -208,7 +226,8 @@ def plot_scaling(points: Sequence[tuple[int, Result]] | Mapping[str, Sequence[tu
     ax.set_xlabel("vCPUs (-smp)")
     ax.set_ylabel(metric_label or f"{metric.name}{unit}")
     words = _machine_words([r for _, r in every], smp=False)
-    ax.set_title(f"{metric_label or metric.name} vs vCPUs — {words}", fontsize=11)
+    swept = f"-smp {','.join(str(n) for n in cpus)}"
+    ax.set_title(f"{metric_label or metric.name} vs vCPUs ({swept})\n{words}", fontsize=10.5)
     if capped_any:
         ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgewidth=2,
                 color="0.3", label="did not finish (cap hit): a lower bound")
