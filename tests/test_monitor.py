@@ -26,7 +26,7 @@ import pytest
 from aemu import __version__
 from aemu.errors import ConfigError
 from aemu.monitor import JSONStreamer, QMPError, QMPServer, parse_qmp_option, run_with_monitor, serve
-from aemu.monitor.qmp import StreamLimitError
+from aemu.monitor.qmp import StreamLimitError, VerbatimNumber, encode_message
 
 qmp = pytest.importorskip("qemu.qmp")
 from qemu.qmp import EventListener, ExecuteError, QMPClient  # noqa: E402
@@ -178,6 +178,12 @@ class TestStreamer:
         assert [e.desc for e in out] == ["JSON parse error, stray '}'", "JSON parse error, duplicate key 'a'",
                                          "JSON parse error, invalid keyword 'NaN'",
                                          "JSON parse error, invalid UTF-8 sequence"]
+
+    def test_numbers_beyond_a_double_keep_their_text(self) -> None:
+        [msg] = JSONStreamer().feed(b'{"id": [1e999, -1E+400, 0.5]}')
+        assert msg == {"id": [VerbatimNumber("1e999"), VerbatimNumber("-1E+400"), 0.5]}
+        assert encode_message(msg) == b'{"id": [1e999, -1E+400, 0.5]}\r\n'
+        assert encode_message({"a": float("nan"), "b": [float("inf")]}) == b'{"a": null, "b": [null]}\r\n'
 
     def test_limits(self) -> None:
         [e] = JSONStreamer(max_bytes=100).feed(b'{"a": "' + b"x" * 200)
@@ -345,6 +351,34 @@ class TestWire:
                     assert r.recv() == {"return": {}, "id": 8}
                     r.send({"execute": "cont", "id": 9})
                     assert r.recv()["event"] == "RESUME" and r.recv() == {"return": {}, "id": 9}
+                    r.close()
+
+                await in_thread(talk)
+
+        run_async(main)
+
+    def test_an_id_beyond_a_double_is_echoed_verbatim_as_json(self) -> None:
+        path = _sock_path()
+
+        def strict(line: bytes) -> Any:
+            return json.loads(line, parse_constant=lambda name: pytest.fail(f"not JSON: {name} in {line!r}"))
+
+        async def main() -> None:
+            async with running(f"unix:{path},server"):
+                def talk() -> None:
+                    r = Raw_(path)
+                    r.negotiate()
+                    r.send('{"execute": "cont", "id": 1e999}\n')
+                    assert r.recv_line() == b'{"return": {}, "id": 1e999}'
+                    r.send('{"execute": "cont", "id": [-1E+400, 2.5, {"k": 1e309}]}\n')
+                    line = r.recv_line()
+                    assert line == b'{"return": {}, "id": [-1E+400, 2.5, {"k": 1e309}]}'
+                    assert strict(line)["id"][1] == 2.5
+                    # as an argument it is a number of the wrong type, and the reply is JSON too
+                    r.send('{"execute": "human-monitor-command", "arguments": {"command-line": 1e999}, "id": 1e999}\n')
+                    line = r.recv_line()
+                    assert strict(line)["error"]["desc"] == "Invalid parameter type for 'command-line', expected: string"
+                    assert line.startswith(b'{"id": 1e999, "error": ')
                     r.close()
 
                 await in_thread(talk)

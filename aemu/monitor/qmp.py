@@ -16,7 +16,8 @@ What ``monitor/qmp.c`` and ``qapi/qmp-dispatch.c`` do, for aemu's machine:
   QEMU. A malformed message is answered with ``GenericError`` "JSON parse error, ..." (no ``id``),
   a JSON value that is not an object with "QMP input must be a JSON object".
 * **Replies** ``{"return": ..., "id": ...}`` / ``{"id": ..., "error": {"class", "desc"}}`` echo
-  ``id`` (any JSON value); output lines end with CRLF like QEMU's monitor output.
+  ``id`` (any JSON value; a number beyond a double's range, such as ``1e999``, is echoed as the
+  text it was sent as, never as ``Infinity``); output lines end with CRLF like QEMU's monitor output.
 * **Events** ``{"timestamp": {"seconds", "microseconds"}, "event": NAME, "data": {...}}`` (host
   wall-clock time, as QEMU's); an event is queued before the reply of the command that caused it.
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import socket
@@ -68,6 +70,7 @@ __all__ = [
     "QMPError",
     "QMPServer",
     "StreamLimitError",
+    "VerbatimNumber",
     "encode_message",
     "parse_qmp_option",
 ]
@@ -208,6 +211,23 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"invalid keyword '{name}'")
 
 
+@dataclass(frozen=True, slots=True)
+class VerbatimNumber:
+    """A JSON number too large for a float (``1e999``), kept as its text so it is echoed verbatim.
+
+    Python would read it as ``inf`` and write it back as ``Infinity``, which is not JSON. No
+    command takes a float, so such a number is only ever echoed (as an ``id``) or refused as an
+    argument of the wrong type.
+    """
+
+    text: str
+
+
+def _float_or_verbatim(text: str) -> float | VerbatimNumber:
+    value = float(text)
+    return value if math.isfinite(value) else VerbatimNumber(text)
+
+
 def parse_json(raw: bytes) -> Any:
     """One complete message -> its value; malformed input raises :class:`QMPError`."""
     try:
@@ -215,7 +235,8 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise QMPError("JSON parse error, invalid UTF-8 sequence") from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_float=_float_or_verbatim)
     except _DuplicateKey as e:
         raise QMPError(f"JSON parse error, duplicate key '{e.args[0]}'") from None
     except json.JSONDecodeError as e:
@@ -335,9 +356,37 @@ class JSONStreamer:
         return out
 
 
+class _HasVerbatim(Exception):
+    pass
+
+
+def _no_verbatim(obj: Any) -> Any:
+    if isinstance(obj, VerbatimNumber):
+        raise _HasVerbatim
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _encode_with_verbatim(obj: Any) -> str:
+    """The slow path of :func:`encode_message`: walk the value, writing each VerbatimNumber's text."""
+    if isinstance(obj, VerbatimNumber):
+        return obj.text
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_encode_with_verbatim(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(_encode_with_verbatim(v) for v in obj) + "]"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "null"  # not JSON; no command returns one, but a reply must never be unreadable
+    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=True)
+
+
 def encode_message(obj: Any) -> bytes:
-    """A message as QEMU writes it: ``", "``/``": "`` separators, ASCII, CRLF-terminated."""
-    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=True).encode() + b"\r\n"
+    """A message as QEMU writes it: ``", "``/``": "`` separators, ASCII, CRLF-terminated; valid
+    JSON always (a :class:`VerbatimNumber` is written as its text, a NaN or infinity as ``null``)."""
+    try:
+        text = json.dumps(obj, separators=(", ", ": "), ensure_ascii=True, allow_nan=False, default=_no_verbatim)
+    except (_HasVerbatim, ValueError):
+        text = _encode_with_verbatim(obj)
+    return text.encode() + b"\r\n"
 
 
 def event_message(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
