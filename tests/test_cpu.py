@@ -13,7 +13,8 @@ from aemu import MachineConfig, simulate
 from aemu.cpu import Compute, GuestProgram, MMIORead, PIORead, PIOWrite, VCPUAccount
 from aemu.machine import Machine
 from aemu.memory import AddressSpace, MemoryRegion
-from aemu.workloads.base import Metric, Workload
+from aemu.result import Metric
+from aemu.workloads import Workload
 
 SPLIT = "-M q35,hpet=on -smp {n} -accel kvm,kernel-irqchip={chip} --workload {w} --series {s} {extra}"
 
@@ -108,3 +109,27 @@ class TestBooks:
         acct.samples["r"].extend([5, 9])
         assert acct.latency() == {"r": {5: 3, 7: 1, 9: 1}}
         assert len(acct.samples["r"]) == 0
+
+
+class TestPreRun:
+    """``kvm_arch_pre_run`` has work on every entry without 6/6 (PIC in userspace), else only when
+    an interrupt is pending; a switch flipped on a built machine is seen at the next entry."""
+
+    @pytest.mark.parametrize(("chip", "series", "per_read"), [
+        ("split", "before", 1), ("split", "after", 0), ("on", "before", 0), ("off", "before", 1),
+    ])
+    def test_entries_that_take_the_bql(self, chip: str, series: str, per_read: int) -> None:
+        r = simulate(config(chip=chip, s=series, extra="--param reads=50"))
+        exits = r.vcpus[0].exits_by_kind["mmio"]  # the reads and one HPET enable
+        assert exits == 51
+        assert site_acquisitions(r, "kvm_arch_pre_run") == (exits + 1) * per_read  # + the first entry
+
+    def test_switch_flipped_on_a_built_machine(self) -> None:
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        from aemu.result import Result
+
+        m = Machine(config(s="after", extra="--param reads=50"))
+        m.set_patch("irqchip-pre-run", False)
+        assert site_acquisitions(Result.from_machine(clock.run(run_machine(m))), "kvm_arch_pre_run") == 52
