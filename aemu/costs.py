@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["CostModel", "COST_SOURCES", "DEFAULT_HANDLER_NS"]
+__all__ = ["CostModel", "COST_SOURCES", "DEFAULT_HANDLER_NS", "HANDLER_REGIONS", "MAX_COSTS_FILE_BYTES"]
 
 #: Handler cost per region name (ns of device work inside the handler, under whatever lock the
 #: access takes). Sources in COST_SOURCES["handler_ns"].
@@ -39,6 +39,16 @@ DEFAULT_HANDLER_NS: Mapping[str, int] = MappingProxyType({
     "ioapic": 300,      # assumption: redirection-table access
     "apic-msi": 300,    # assumption: MSI decode + kvm_irqchip_send_msi
 })
+
+#: Every name aemu's devices look their handler cost up by (the I/O regions of ``-M q35`` and
+#: ``-M pc`` under every kernel-irqchip mode; the MSI window is costed as ``apic-msi`` whether it
+#: is QEMU's ``apic-msi`` or ``kvm-apic-msi``). A costs file may name only these.
+HANDLER_REGIONS: frozenset[str] = frozenset(DEFAULT_HANDLER_NS) | {"acpi-evt", "acpi-cnt", "pic", "elcr",
+                                                                   "lpc-reset-control"}
+
+#: The most a costs file may hold: it is a short TOML table, and ``--costs /dev/zero`` must not
+#: read until memory runs out.
+MAX_COSTS_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +120,34 @@ class CostModel:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> CostModel:
-        """Load costs from a TOML file: top-level keys as in the dataclass, ``[handler_ns]`` table."""
+        """Load costs from a TOML file: top-level keys as in the dataclass, ``[handler_ns]`` table.
+
+        The file may hold at most :data:`MAX_COSTS_FILE_BYTES`, and ``[handler_ns]`` may name only
+        :data:`HANDLER_REGIONS` (a misspelt region would otherwise be costed nowhere, silently).
+        """
         p = Path(path)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            with open(p, "rb") as f:
+                raw = f.read(MAX_COSTS_FILE_BYTES + 1)
         except FileNotFoundError:
             raise ConfigError(f"--costs: no such file: {p}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--costs: cannot read {p}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"--costs: cannot read {p}: {e.strerror or e}") from None
+        if len(raw) > MAX_COSTS_FILE_BYTES:
+            raise ConfigError(f"--costs: {p} is larger than {MAX_COSTS_FILE_BYTES >> 20} MiB; "
+                              "a costs file is a short TOML table ('aemu costs --toml' prints one)")
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"--costs: {p} is not UTF-8 text; a costs file is a TOML table") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"--costs: {p} is not valid TOML: {e}") from None
+        handlers = data.get("handler_ns")
+        if isinstance(handlers, Mapping):
+            unknown = sorted(set(handlers) - HANDLER_REGIONS)
+            if unknown:
+                raise ConfigError(f"--costs: {p}: [handler_ns] {unknown[0]!r} is not a region aemu models; "
+                                  f"regions: {', '.join(sorted(HANDLER_REGIONS))}")
         return cls.from_dict(data)
 
 

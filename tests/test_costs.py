@@ -42,3 +42,37 @@ def test_bad_toml(tmp_path: Path, text: str, needle: str) -> None:
     p.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         CostModel.from_toml(p)
+
+
+def test_a_costs_file_is_read_up_to_a_cap(tmp_path: Path) -> None:
+    """Regression: ``--costs /dev/zero`` read until memory ran out."""
+    with pytest.raises(ConfigError, match="is larger than 1 MiB"):
+        CostModel.from_toml("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="is larger than 1 MiB"):
+        CostModel.from_toml(big)
+
+
+def test_a_misspelt_region_in_a_costs_file_is_an_error(tmp_path: Path) -> None:
+    """Regression: ``[handler_ns] nosuchregion = 10`` was accepted and costed nothing."""
+    p = tmp_path / "c.toml"
+    p.write_text("[handler_ns]\nnosuchregion = 10\n")
+    with pytest.raises(ConfigError, match=r"\[handler_ns\] 'nosuchregion' is not a region aemu models; regions: "
+                                          r"acpi-cnt, acpi-evt, acpi-tmr"):
+        CostModel.from_toml(p)
+    p.write_text("[handler_ns]\npic = 10\nelcr = 20\n")
+    assert CostModel.from_toml(p).handler("pic") == 10
+
+
+def test_handler_regions_are_the_regions_the_boards_model() -> None:
+    """Every I/O region of every board variant can be costed by name, and nothing else."""
+    from aemu import Machine, MachineConfig
+    from aemu.costs import HANDLER_REGIONS
+
+    names: set[str] = set()
+    for machine in ("q35", "pc"):
+        for irqchip in ("on", "off", "split"):
+            m = Machine(MachineConfig.parse(f"-M {machine} -accel kvm,kernel-irqchip={irqchip} --workload idle"))
+            names |= {mr.name for mr in m.regions() if mr.kind == "io"}
+    assert HANDLER_REGIONS == names - {"io", "kvm-apic-msi"}  # the in-kernel MSI window is costed as apic-msi
