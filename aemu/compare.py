@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from .config import SERIES, MachineConfig
 from .costs import CostModel
-from .devices.base import PATCHES
+from .patches import PATCHES
 from .machine import DEFAULT_CAP_NS, simulate
 from .errors import ConfigError
 from .result import Result
-from .workloads.base import WORKLOADS, get_workload
+from .workloads import WORKLOADS, get_workload
 
 __all__ = ["Comparison", "DEFAULT_ARGS", "compare", "format_comparison", "seed_configs"]
 

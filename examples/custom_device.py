@@ -16,7 +16,8 @@ import aemu
 from aemu.cpu import Compute, MMIORead, MMIOWrite
 from aemu.devices.base import Device, DeviceHost
 from aemu.machine import Machine
-from aemu.workloads.base import Metric, Workload
+from aemu.result import Metric
+from aemu.workloads import Workload
 
 DOORBELL = 0xFEB00000
 

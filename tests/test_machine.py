@@ -8,7 +8,8 @@ from aemu.config import MachineConfig
 from aemu.cpu import MMIORead, PIORead
 from aemu.errors import ConfigError
 from aemu.machine import Machine, simulate
-from aemu.workloads.base import Metric, Workload
+from aemu.result import Metric
+from aemu.workloads import Workload
 
 SPLIT = "-accel kvm,kernel-irqchip=split"
 

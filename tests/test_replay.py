@@ -1,7 +1,7 @@
-"""Trace replay: the parser (aemu.replay) and the replay workload (aemu.workloads.replay).
+"""Trace replay (the aemu.replay package): the parser (.trace), the workload (.workload), the report.
 
 ``data/linux-boot-excerpt.trace`` is lines 1-1700, 206301-206500 and 215301-215700 of
-``../shared/traces/linux-6.1-q35-smp4-hpet.trace.gz`` (Linux 6.1 booting on QEMU 7.2, q35,
+``traces/linux-6.1-q35-smp4-hpet.trace.gz`` (Linux 6.1 booting on QEMU 7.2, q35,
 -smp 4, TCG); ``data/linux-boot-excerpt-gz.trace.gz`` is lines 206301-206500, gzipped.
 """
 
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import aemu.replay.workload
 from aemu.config import MachineConfig
 from aemu.errors import ConfigError
-from aemu.replay import Access, ReplayReport, Trace, TraceError, load_trace, parse_trace, replay
+from aemu.replay import (Access, ReplayReport, ReplayWorkload, Trace, TraceError, load_trace, parse_trace, replay,
+                         stream_assignment)
 from aemu.result import Result
-from aemu.workloads.base import get_workload
-from aemu.workloads.replay import stream_assignment
+from aemu.workloads import get_workload
 
 DATA = Path(__file__).parent / "data"
 EXCERPT = DATA / "linux-boot-excerpt.trace"
@@ -132,10 +133,25 @@ class TestStreams:
         assert stream_assignment((0, 1, 2, 3), 1) == ((0, 1, 2, 3),)
 
     def test_workload_needs_a_trace(self) -> None:
-        from aemu.workloads import replay as _  # noqa: F401  (registers "replay")
-
         with pytest.raises(ConfigError, match="needs a trace"):
             get_workload("replay")
+
+    def test_registered_in_the_builtin_table_not_by_import(self) -> None:
+        from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS
+
+        assert ReplayWorkload in BUILTIN_WORKLOADS and WORKLOADS["replay"] is ReplayWorkload
+        source = (Path(aemu.replay.workload.__file__)).read_text()
+        assert "@register" not in source and "register(" not in source
+
+    def test_one_package_with_the_old_import_path(self) -> None:
+        """``aemu.replay`` is the package: parser, workload and report, re-exported at its top."""
+        import aemu.replay.report
+        import aemu.replay.trace
+
+        assert aemu.replay.Trace is aemu.replay.trace.Trace
+        assert aemu.replay.ReplayWorkload is aemu.replay.workload.ReplayWorkload
+        assert aemu.replay.ReplayReport is aemu.replay.report.ReplayReport
+        assert not (Path(aemu.__file__).parent / "workloads" / "replay.py").exists()
 
 
 class TestReplay:

@@ -18,6 +18,7 @@ from aemu.cpu import (Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWri
                       WaitForVector)
 from aemu.errors import ConfigError
 from aemu.machine import Machine
+from aemu.replay import ReplayWorkload
 from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
 from aemu.workloads.boot import Boot
@@ -55,15 +56,15 @@ class Nap(Workload):
 
 class TestRegistry:
     def test_builtin_table(self) -> None:
-        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot)
-        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot"]
+        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot, ReplayWorkload)
+        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot", "replay"]
         assert all(WORKLOADS[c.name] is c for c in BUILTIN_WORKLOADS)
 
     def test_complete_on_import_without_get_workload(self) -> None:
-        code = ("from aemu.workloads.base import WORKLOADS; import aemu.workloads.micro, aemu.workloads.boot; "
-                "print(' '.join(WORKLOADS))")
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-        assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot"]
+        for first in ("aemu.workloads", "aemu.replay", "aemu.replay.workload", "aemu.workloads.base"):
+            code = f"import {first}; from aemu.workloads import WORKLOADS; print(' '.join(WORKLOADS))"
+            out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+            assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot", "replay"], first
 
     def test_register_a_user_workload(self, registry: dict[str, Any]) -> None:
         assert register(Nap) is Nap  # usable as a class decorator
@@ -80,18 +81,19 @@ class TestRegistry:
         assert isinstance(get_workload("idle"), Idle2)
 
     def test_unknown_workload_lists_the_accepted(self) -> None:
-        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench"):
+        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench, replay$"):
             get_workload("nap")
 
-    def test_old_and_public_import_paths(self) -> None:
+    def test_public_import_paths_and_no_aliases(self) -> None:
         from aemu.workloads import base
 
-        assert (base.WORKLOADS, base.register, base.get_workload) == (WORKLOADS, register, get_workload)
-        assert base.WORKLOADS is WORKLOADS
         assert aemu.register_workload is register and aemu.Workload is Workload is base.Workload
-        assert aemu.Metric is Metric is base.Metric
-        with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-            base.nope  # noqa: B018
+        assert aemu.Metric is Metric
+        for old in ("WORKLOADS", "register", "get_workload", "Metric"):  # the registry's old home is gone
+            assert not hasattr(base, old), old
+        from aemu.devices import base as devices_base
+
+        assert not hasattr(devices_base, "PATCHES")  # its home is aemu.patches
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class TestParameters:
 
     def test_summaries_for_help(self) -> None:
         assert all(c.summary for c in BUILTIN_WORKLOADS)
-        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False]
+        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False, False]
 
 
 # -- guest programs ------------------------------------------------------------------------------

@@ -35,12 +35,10 @@ from ..costs import CostModel
 from ..errors import ConfigError
 from ..irq import IRQLine
 from ..memory import MemoryRegion
-from ..patches import PATCHES
 from ..sync import Lock, bql_locked
 from ..timer import MainLoop, QEMUTimer, TimerCallback
 
-# PATCHES is re-exported for modules that still import it from here; its home is aemu.patches.
-__all__ = ["Device", "DeviceHost", "LockGuard", "PATCHES"]
+__all__ = ["Device", "DeviceHost", "LockGuard"]
 
 
 class LockGuard(Protocol):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..devices.base import PATCHES
+from ..patches import PATCHES
 from ..errors import AemuError
 from ..result import lock_dict
 from ..sync import LockStatistics

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..devices.base import PATCHES
+from ..patches import PATCHES
 from ..machine import DEFAULT_CAP_NS
 from ..result import Result, VCPUResult
 from ..sync import LockStatistics

@@ -13,15 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpu import GuestProgram
 from ..errors import ConfigError
-from ..result import Metric
 
 if TYPE_CHECKING:
     from ..machine import Machine
-    from . import WORKLOADS as WORKLOADS
-    from . import get_workload as get_workload
-    from . import register as register
+    from ..result import Metric
 
-__all__ = ["Metric", "Workload"]
+__all__ = ["Workload"]
 
 
 class Workload(abc.ABC):
@@ -57,17 +54,3 @@ class Workload(abc.ABC):
     def metric(self, machine: Machine) -> Metric:
         """Score a finished (or capped) run."""
 
-
-_REGISTRY_NAMES = frozenset({"WORKLOADS", "get_workload", "register"})
-
-
-def __getattr__(name: str) -> Any:
-    """The registry's old home: ``WORKLOADS``, ``get_workload`` and ``register`` live in :mod:`aemu.workloads`.
-
-    Looked up on use, not imported here: the package imports this module before its table exists.
-    """
-    if name in _REGISTRY_NAMES:
-        from .. import workloads
-
-        return getattr(workloads, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Replaying QEMU trace-event logs: the parser, the trace summary, and :func:`replay`.
+"""QEMU trace-event logs: the parser and the trace summary.
 
 QEMU traces every call of a region's read/write handler (``memory_region_read_accessor`` /
 ``memory_region_write_accessor`` in ``system/memory.c``, ``softmmu/memory.c`` before 8.0) as the
@@ -21,8 +21,6 @@ trace events ``memory_region_ops_read`` / ``memory_region_ops_write``::
 :class:`Trace` of :class:`Access` records; :func:`parse_trace` does the same for lines already in
 memory. Lines of other trace events are ignored (and counted); anything else is a
 :class:`TraceError` naming the line, unless ``lenient=True``, which skips and counts it.
-:func:`replay` runs a trace on a machine (see :mod:`aemu.workloads.replay` for how) and returns
-the run's :class:`~aemu.result.Result` with a :class:`ReplayReport`.
 """
 
 from __future__ import annotations
@@ -32,21 +30,11 @@ import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from .errors import AemuError
+from ..errors import AemuError
 
-if TYPE_CHECKING:
-    from .config import MachineConfig
-    from .result import Result
-    from .runner import ProgressFn
-    from .trace import Tracer
-
-__all__ = [
-    "Access", "CountMismatch", "GenericRegionInfo", "ReplayReport", "Trace", "TraceError",
-    "TraceSummary", "load_trace", "parse_trace", "replay",
-]
+__all__ = ["Access", "Trace", "TraceError", "TraceSummary", "load_trace", "parse_trace"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _SIZES = (1, 2, 4, 8)
@@ -319,116 +307,3 @@ def _take(lines: Iterable[str], n: int) -> Iterator[str]:
         if i >= n:
             return
         yield line
-
-
-# -- the report ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class GenericRegionInfo:
-    """A generic region added for a trace region aemu does not model."""
-
-    name: str
-    space: str
-    addr: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class CountMismatch:
-    """A region whose replayed counts differ from the trace's, and why if known."""
-
-    name: str
-    trace_reads: int
-    trace_writes: int
-    reads: int
-    writes: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayReport:
-    """How a replay went: what was parsed, mapped, replicated and replayed."""
-
-    source: str
-    lines: int
-    #: malformed lines skipped (``lenient``)
-    skipped: int
-    other_events: int
-    #: access lines in the trace
-    accesses: int
-    #: accesses the run performed (vCPU streams, replicas included, plus device context)
-    replayed: int
-    #: cpu -1 accesses in the trace
-    device_accesses: int
-    #: "replayed from a device context ..." or "skipped ..."
-    device_handling: str
-    #: generic regions added for names aemu does not model (same name may appear more than once)
-    generic_regions: tuple[GenericRegionInfo, ...]
-    #: trace name -> aemu region name, where they differ (``apic-msi`` -> ``kvm-apic-msi``)
-    renamed: dict[str, str]
-    #: trace accesses that land on an aemu region of another name (their counts cannot match)
-    conflicts: tuple[str, ...]
-    recorded_cpus: tuple[int, ...]
-    vcpus: int
-    #: per vCPU: the recorded vCPU streams it replays
-    streams: tuple[tuple[int, ...], ...]
-    #: the scaling rule applied, in words
-    replication: str
-    time_scale: float
-    timestamps: bool
-    #: True when per-region counts equal the trace's (meaningful without replication)
-    exact_counts: bool
-    mismatches: tuple[CountMismatch, ...] = ()
-    #: what the checked counts were compared as: aemu name -> (reads, writes) expected
-    expected_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @property
-    def generic_names(self) -> tuple[str, ...]:
-        """The distinct names of the generic regions added."""
-        return tuple(sorted({g.name for g in self.generic_regions}))
-
-    def format(self) -> str:
-        """A few lines for ``aemu replay`` (the run report follows it)."""
-        out = [f"replay of {self.source}: {self.lines:,} lines, {self.accesses:,} accesses "
-               f"({self.skipped:,} malformed lines skipped, {self.other_events:,} other events ignored)",
-               f"  vCPUs: recorded {', '.join(map(str, self.recorded_cpus))}; replayed on {self.vcpus}: "
-               f"{self.replication}",
-               f"  cpu -1: {self.device_handling}",
-               f"  gaps: {'host timestamps x ' + format(self.time_scale, 'g') if self.timestamps else 'cost model guest_compute_ns'}",
-               f"  accesses replayed: {self.replayed:,}"]
-        if self.generic_regions:
-            out.append(f"  generic regions (not modelled by aemu): {', '.join(self.generic_names)}")
-        if self.renamed:
-            out.append("  renamed: " + ", ".join(f"{a} -> {b}" for a, b in sorted(self.renamed.items())))
-        for c in self.conflicts:
-            out.append(f"  conflict: {c}")
-        if self.exact_counts:
-            out.append("  per-region read/write counts equal the trace's")
-        for mm in self.mismatches:
-            out.append(f"  count mismatch {mm.name}: trace {mm.trace_reads}/{mm.trace_writes}, "
-                       f"aemu {mm.reads}/{mm.writes} (reads/writes): {mm.reason}")
-        return "\n".join(out)
-
-
-# -- running ------------------------------------------------------------------------------------
-
-def replay(trace_path: str | os.PathLike[str] | Trace, config: MachineConfig, *, time_scale: float = 1.0,
-           lenient: bool = False, tracer: Tracer | None = None, progress: ProgressFn | None = None,
-           device_context: bool = True) -> tuple[Result, ReplayReport]:
-    """Replay a trace on the machine ``config`` describes; returns the run's result and a report.
-
-    The run has no virtual-time cap unless ``config.duration_ns`` sets one (the guest programs are
-    finite); the cap ends the device context (cpu -1) too, however late its recorded accesses.
-    ``config.workload`` is recorded as ``replay``.
-    """
-    from . import clock
-    from .result import Result
-    from .runner import run_machine
-    from .workloads.replay import ReplayWorkload
-
-    trace = trace_path if isinstance(trace_path, Trace) else load_trace(trace_path, lenient=lenient)
-    config = config.replace(workload="replay", workload_params=(("time_scale", time_scale),))
-    workload = ReplayWorkload(trace, time_scale=time_scale, device_context=device_context)
-    machine = clock.run(run_machine(config, workload, tracer=tracer, progress=progress, default_cap_ns=None))
-    result = Result.from_machine(machine)
-    return result, workload.report(machine, result)

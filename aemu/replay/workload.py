@@ -1,4 +1,4 @@
-"""``replay``: a recorded QEMU boot's PIO/MMIO accesses as guest programs (see :mod:`aemu.replay`).
+"""``replay``: a recorded QEMU boot's PIO/MMIO accesses as guest programs (the trace: :mod:`.trace`).
 
 **Guest programs.** Each recorded vCPU's accesses, in file order, become one program: a
 ``PIORead``/``PIOWrite`` for an I/O-space region, an ``MMIORead``/``MMIOWrite`` for a memory-space
@@ -52,8 +52,10 @@ from typing import TYPE_CHECKING, Any
 from .. import clock
 from ..cpu import Compute, Exit, GuestProgram, MMIORead, MMIOWrite, PIORead, PIOWrite
 from ..errors import ConfigError
-from ..replay import Access, CountMismatch, GenericRegionInfo, ReplayReport, Trace
-from .base import Metric, Workload, register
+from ..result import Metric
+from ..workloads.base import Workload
+from .report import CountMismatch, GenericRegionInfo, ReplayReport
+from .trace import Access, Trace
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -117,7 +119,6 @@ def _pow2ceil(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-@register
 class ReplayWorkload(Workload):
     """Replays a parsed trace: one guest program per recorded vCPU stream (see module docstring)."""
 
@@ -330,7 +331,7 @@ class ReplayWorkload(Workload):
         return dict(sorted(out.items()))
 
     def report(self, machine: Machine, result: Result) -> ReplayReport:
-        """The :class:`~aemu.replay.ReplayReport` of a finished run of this workload."""
+        """The :class:`~aemu.replay.report.ReplayReport` of a finished run of this workload."""
         trace = self.trace
         n = len(machine.vcpus)
         replayed = sum(len(self._by_cpu.get(c, [])) for s in self.streams for c in s)
