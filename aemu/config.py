@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .patches import PATCHES
 from .sync.policy import POLICIES
 
-__all__ = ["MachineConfig", "SMP", "SERIES", "parse_duration"]
+__all__ = ["MachineConfig", "OPTIONS_WITH_VALUE", "SMP", "SERIES", "parse_duration"]
 
 #: Presets of the BQL-free series.
 SERIES: dict[str, frozenset[str]] = {
@@ -33,7 +33,7 @@ IRQCHIP_MODES = ("on", "off", "split")
 #: The BQL's hand-off policies (--lock-policy): the names of aemu.sync.policy.POLICIES.
 LOCK_POLICIES = tuple(POLICIES)
 #: QEMU options that are accepted and ignored (they change nothing aemu models).
-_IGNORED_WITH_VALUE = {"-cpu", "-m", "-display", "-name", "-vga", "-nographic"}
+_IGNORED_WITH_VALUE = {"-cpu", "-m", "-display", "-name", "-vga"}
 _IGNORED_FLAGS = {"-enable-kvm", "-nographic", "-no-reboot", "-S"}
 
 #: Most vCPUs a machine takes: QEMU's pc-q35 limit since 9.0 (commit e4e98c7eebfa, "pc: q35: Bump
@@ -43,7 +43,7 @@ MAX_CPUS = 4096
 
 @dataclass(frozen=True, slots=True)
 class SMP:
-    """``-smp N[,sockets=S,cores=C,threads=T,maxcpus=M]``, completed as QEMU does."""
+    """``-smp N[,sockets=S,cores=C,threads=T,maxcpus=M]``, completed as QEMU (since 6.2) does."""
 
     cpus: int = 1
     sockets: int = 1
@@ -75,21 +75,26 @@ class SMP:
     @classmethod
     def complete(cls, cpus: int = 0, sockets: int = 0, cores: int = 0, threads: int = 0,
                  maxcpus: int = 0, dies: int = 1, clusters: int = 1) -> SMP:
-        """Fill in the missing values and check the topology like QEMU."""
-        threads = threads or 1
+        """Fill in the missing values and check the topology like QEMU.
+
+        QEMU's rule since 6.2 (``machine_parse_smp_config`` in hw/core/machine-smp.c, "prefer cores
+        over sockets over threads since 6.2"): ``-smp 8`` is 1 socket of 8 cores; a missing
+        ``cores`` is what is left after sockets and threads (sockets and threads default to 1), a
+        missing ``sockets`` what is left after cores and threads, and threads are computed last.
+        """
         mult = dies * clusters
-        if not cpus and not maxcpus and not sockets and not cores:
-            cpus = 1
-        if not sockets and not cores:
+        if not cpus and not maxcpus:
+            sockets, cores, threads = sockets or 1, cores or 1, threads or 1
+        else:
             maxcpus = maxcpus or cpus
-            cores = 1
-            sockets = maxcpus // (mult * threads) or 1
-        elif not sockets:
-            maxcpus = maxcpus or cpus
-            sockets = maxcpus // (mult * cores * threads) or 1
-        elif not cores:
-            maxcpus = maxcpus or cpus
-            cores = maxcpus // (sockets * mult * threads) or 1
+            if not cores:
+                sockets, threads = sockets or 1, threads or 1
+                cores = maxcpus // (sockets * mult * threads)
+            elif not sockets:
+                threads = threads or 1
+                sockets = maxcpus // (mult * cores * threads)
+            if not threads:
+                threads = maxcpus // (sockets * mult * cores)
         maxcpus = maxcpus or sockets * mult * cores * threads
         cpus = cpus or maxcpus
         if sockets * mult * cores * threads != maxcpus:
@@ -223,7 +228,11 @@ class MachineConfig:
                         raise ConfigError(f"--patch: unknown patch {name!r}; accepted: {', '.join(PATCHES)}")
                     patch_edits.append((on, name))
             elif opt == "--lockless":
-                lockless += [r for r in inline.split(",") if r]
+                names = [r.strip() for r in inline.split(",")]
+                if not all(names):
+                    raise ConfigError(f"--lockless: {inline!r} has an empty region name; give REGION[,REGION...] "
+                                      "('--lockless help' lists the regions)")
+                lockless += names
             elif opt == "--costs":
                 kw["costs"] = CostModel.from_toml(inline)
             elif opt == "--seed":
@@ -255,6 +264,11 @@ class MachineConfig:
 
 _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs", "--seed", "--quantum",
                     "--duration", "--lock-policy", "--param"}
+
+#: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
+#: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.
+OPTIONS_WITH_VALUE: frozenset[str] = frozenset({"-M", "-machine", "-smp", "-accel", *_IGNORED_WITH_VALUE,
+                                                *_LONG_WITH_VALUE})
 
 
 def _parse_machine(text: str) -> dict[str, Any]:

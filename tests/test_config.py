@@ -40,7 +40,11 @@ class TestParse:
 
 class TestSMP:
     @pytest.mark.parametrize("text, want", [
-        ("4", SMP(4, 4, 1, 1, 4)),
+        ("4", SMP(4, 1, 4, 1, 4)),  # QEMU >= 6.2 prefers cores over sockets
+        ("8,sockets=2", SMP(8, 2, 4, 1, 8)),
+        ("8,cores=2", SMP(8, 4, 2, 1, 8)),
+        ("8,sockets=2,cores=2", SMP(8, 2, 2, 2, 8)),  # threads are computed last
+        ("sockets=2,cores=3", SMP(6, 2, 3, 1, 6)),
         ("240,sockets=4", SMP(240, 4, 60, 1, 240)),
         ("8,sockets=2,cores=2,threads=2", SMP(8, 2, 2, 2, 8)),
         ("4,maxcpus=8,sockets=2", SMP(4, 2, 4, 1, 8)),
@@ -60,6 +64,9 @@ class TestErrors:
         ("-smp 8,maxcpus=4", "maxcpus must be equal to or greater than smp"),
         ("-smp two", "expects a number"),
         ("-smp 4,dragons=2", "invalid parameter 'dragons'"),
+        ("-smp 2,sockets=4", "sockets (4) * cores (0) * threads (1) != maxcpus (2)"),
+        ("--lockless ''", "--lockless: '' has an empty region name"),
+        ("--lockless serial,,rtc", "--lockless: 'serial,,rtc' has an empty region name"),
         ("--patch bogus", "unknown patch 'bogus'"),
         ("--series middle", "--series: 'middle'; accepted: before, after"),
         ("--series before --patch hpet-lock", "'hpet-lock' needs 'lockless-io', which is off"),
