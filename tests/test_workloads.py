@@ -128,6 +128,21 @@ class TestParameters:
         with pytest.raises(ConfigError, match="accepted: none"):
             Bare(ns=1)
 
+    @pytest.mark.parametrize("name, params, needle", [
+        ("hpet-bench", {"reads": -1}, "parameter reads must be an integer >= 1, got -1"),
+        ("hpet-bench", {"reads": 0}, "parameter reads must be an integer >= 1, got 0"),
+        ("pmtimer-bench", {"reads": "abc"}, "parameter reads must be an integer >= 1, got 'abc'"),
+        ("hpet-bench", {"reads": 2.5}, "parameter reads must be an integer >= 1, got 2.5"),
+        ("idle", {"tick_ns": 0}, "parameter tick_ns must be an integer >= 1, got 0"),
+        ("boot", {"pci_slots": 33}, "parameter pci_slots must be an integer from 0 to 32, got 33"),
+        ("boot", {"phases": True}, "parameter phases must be an integer >= 1, got True"),
+    ])
+    def test_parameters_are_checked_by_type_and_range(self, name: str, params: dict[str, Any], needle: str) -> None:
+        """Regression: reads=-1 "finished" with no reads and reads='abc' failed in the guest program."""
+        with pytest.raises(ConfigError) as info:
+            get_workload(name, **params)
+        assert str(info.value) == f"workload {name!r}: {needle}"
+
     def test_summaries_for_help(self) -> None:
         assert all(c.summary for c in BUILTIN_WORKLOADS)
         assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False, False]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
 from ..result import Metric
-from .base import Workload
+from .base import Param, Workload
 from .micro import HPET_CFG, HPET_COUNTER
 
 if TYPE_CHECKING:
@@ -49,17 +49,15 @@ class Boot(Workload):
     name = "boot"
     summary = "synthetic Windows-like SMP boot polling its timer; metric: time to finish"
 
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {
-            "phases": 3,
-            "stall_reads": 50,
-            "stall_compute_ns": 1_000,
-            "work_reads": 60,
-            "work_compute_ns": 50_000,
-            "idle_ns": 200_000,
-            "pci_slots": 32,
-        }
+    parameters = {
+        "phases": Param(3, "timer-polling phases per vCPU", min=1),
+        "stall_reads": Param(50, "timer reads per stall loop"),
+        "stall_compute_ns": Param(1_000, "guest compute between stall-loop reads, ns"),
+        "work_reads": Param(60, "timer reads per work stretch"),
+        "work_compute_ns": Param(50_000, "guest compute between work reads, ns"),
+        "idle_ns": Param(200_000, "LAPIC timer idle after each phase, ns", min=1),
+        "pci_slots": Param(32, "PCI slots the BSP scans on bus 0", max=32),
+    }
 
     def setup(self, machine: Machine) -> None:
         self.arrived: list[int] = [0] * int(self.params["phases"])

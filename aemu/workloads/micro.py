@@ -10,12 +10,12 @@ waits included. ``pmtimer-bench`` does the same with the ACPI PM timer port.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, WaitForVector
 from ..errors import ConfigError
 from ..result import Metric
-from .base import Workload
+from .base import Param, Workload
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -27,10 +27,7 @@ HPET_COUNTER = HPET_BASE + 0x0F0
 
 class _ReadBench(Workload):
     region = ""
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {"reads": 300}
+    parameters = {"reads": Param(300, "timer reads per vCPU", min=1)}
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("median read latency", machine.region_latency(self.region).p50, "ns")
@@ -78,10 +75,7 @@ class Idle(Workload):
     name = "idle"
     summary = "vCPUs halt and wake on LAPIC timer ticks until --duration"
     open_ended = True
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {"tick_ns": 1_000_000}
+    parameters = {"tick_ns": Param(1_000_000, "LAPIC timer period, ns", min=1)}
 
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
         tick = int(self.params["tick_ns"])
