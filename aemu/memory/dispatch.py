@@ -21,7 +21,8 @@ at all) and :class:`SplitAccess` (an access that spans regions, cut into pieces)
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..sync import bql_locked
 from .region import _IO, _MASK, _RAM, _SIZES, MemoryRegion, MemoryRegionOps, MemTxResult
@@ -219,17 +220,30 @@ class IOAccess(MemoryAccess):
         return self._write_plain(value)
 
     # -- the full path ---------------------------------------------------------------------------
-    async def read(self) -> tuple[int, MemTxResult]:
+    def read(self) -> Coroutine[Any, Any, tuple[int, MemTxResult]]:
+        return self._dispatch(None)  # the caller awaits the dispatch itself: no frame in between
+
+    async def write(self, value: int) -> MemTxResult:
+        return (await self._dispatch(value))[1]
+
+    async def _dispatch(self, value: int | None) -> tuple[int, MemTxResult]:
+        """A read (``value`` None) or a write: :func:`prepare_mmio_access` unless the region is
+        lockless, then the region's ops inside the owner's re-entrancy guard; ``(value read, result)``."""
         mr = self.region
         space = self.space
+        is_write = value is not None
         release_lock = False
         if mr.lockless_io:
             if mr.flush_coalesced_mmio:
                 space.coalesced_mmio_flushes += 1
         else:
-            release_lock = await prepare_mmio_access(space, mr, mr._read_site)
+            release_lock = await prepare_mmio_access(space, mr, mr._write_site if is_write else mr._read_site)
         try:
-            if not self.ops.read_is_coroutine:
+            ops = self.ops
+            if is_write:
+                if not ops.write_is_coroutine:
+                    return 0, self._write_plain(value)  # type: ignore[arg-type]
+            elif not ops.read_is_coroutine:
                 return self._read_plain()
             guard = mr._guard
             guarded = guard is not None and not mr.disable_reentrancy_guard
@@ -238,46 +252,20 @@ class IOAccess(MemoryAccess):
                     return self._blocked(), _ACCESS_ERROR
                 guard.engaged_in_io = True  # type: ignore[union-attr]
             try:
-                ops, off, size = self.ops, self.offset, self.size
+                off, size = self.offset, self.size
+                if is_write:
+                    await _write_adjusted_async(ops, off, value, size)  # type: ignore[arg-type]
+                    mr.writes += 1
+                    return 0, _OK
                 if self.implemented:
-                    value = await ops._read(off, size) & self.mask
+                    read = await ops._read(off, size) & self.mask
                 else:
-                    value = await _read_adjusted_async(ops, off, size)
+                    read = await _read_adjusted_async(ops, off, size)
+                mr.reads += 1
+                return read, _OK
             finally:
                 if guarded:
                     guard.engaged_in_io = False  # type: ignore[union-attr]
-            mr.reads += 1
-            return value, _OK
-        finally:
-            if release_lock:
-                space.bql.release()
-
-    async def write(self, value: int) -> MemTxResult:
-        mr = self.region
-        space = self.space
-        release_lock = False
-        if mr.lockless_io:
-            if mr.flush_coalesced_mmio:
-                space.coalesced_mmio_flushes += 1
-        else:
-            release_lock = await prepare_mmio_access(space, mr, mr._write_site)
-        try:
-            if not self.ops.write_is_coroutine:
-                return self._write_plain(value)
-            guard = mr._guard
-            guarded = guard is not None and not mr.disable_reentrancy_guard
-            if guarded:
-                if guard.engaged_in_io:  # type: ignore[union-attr]
-                    self._blocked()
-                    return _ACCESS_ERROR
-                guard.engaged_in_io = True  # type: ignore[union-attr]
-            try:
-                await _write_adjusted_async(self.ops, self.offset, value, self.size)
-            finally:
-                if guarded:
-                    guard.engaged_in_io = False  # type: ignore[union-attr]
-            mr.writes += 1
-            return _OK
         finally:
             if release_lock:
                 space.bql.release()
