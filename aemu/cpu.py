@@ -194,16 +194,29 @@ class Board(Protocol):
 _FOLD_AT = 1 << 14
 
 
+def _three_digits(ns: int) -> int:
+    """``ns`` rounded to three significant digits (exact below 1,000)."""
+    if ns < 1000:
+        return ns
+    k = 10 ** (len(str(ns)) - 3)
+    return (ns + k // 2) // k * k
+
+
 class VCPUAccount:
     """One vCPU's books: exits by kind, interrupts taken, virtual time by state, access latency.
 
     ``guest_ns + exit_ns + halted_ns`` is the vCPU's elapsed time (lock waits are inside
     ``exit_ns``; the locks' per-task books split them out). Access latencies are appended as
-    samples and folded into value counts (latency ns -> accesses) as they grow, so memory stays
-    flat however long a run goes.
+    samples and folded into value counts (latency ns -> accesses) as they grow. Virtual-time
+    latencies take few distinct values and are kept exact; a region whose counts pass
+    ``MAX_EXACT_VALUES`` distinct values (real time: nanosecond jitter) keeps them from then on to
+    three significant digits (within 0.5%), so memory stays flat however long a run goes and no
+    access goes uncounted.
     """
 
-    __slots__ = ("exits", "interrupts", "guest_ns", "exit_ns", "halted_ns", "samples", "_counts")
+    MAX_EXACT_VALUES = 4096
+
+    __slots__ = ("exits", "interrupts", "guest_ns", "exit_ns", "halted_ns", "samples", "_counts", "_coarse")
 
     def __init__(self) -> None:
         self.exits: Counter[str] = Counter()
@@ -214,13 +227,23 @@ class VCPUAccount:
         #: region name -> latency samples not folded yet
         self.samples: dict[str, array[int]] = {}
         self._counts: dict[str, Counter[int]] = {}
+        self._coarse: set[str] = set()  # regions whose latencies are kept to 3 significant digits
 
     def fold(self, name: str) -> None:
         """Fold region ``name``'s samples into its value counts."""
         counts = self._counts.get(name)
         if counts is None:
             counts = self._counts[name] = Counter()
-        counts.update(self.samples[name])  # counted in C
+        if name in self._coarse:
+            counts.update(map(_three_digits, self.samples[name]))
+        else:
+            counts.update(self.samples[name])  # counted in C
+            if len(counts) > self.MAX_EXACT_VALUES:
+                self._coarse.add(name)
+                coarse: Counter[int] = Counter()
+                for v, n in counts.items():
+                    coarse[_three_digits(v)] += n
+                self._counts[name] = coarse
         self.samples[name] = array("q")
 
     def latency(self) -> dict[str, Counter[int]]:

@@ -133,3 +133,25 @@ class TestPreRun:
         m = Machine(config(s="after", extra="--param reads=50"))
         m.set_patch("irqchip-pre-run", False)
         assert site_acquisitions(Result.from_machine(clock.run(run_machine(m))), "kvm_arch_pre_run") == 52
+
+
+class TestLatencyBooks:
+    """Latency counts stay bounded however many distinct values arrive, and lose no access."""
+
+    def test_exact_while_few_values(self) -> None:
+        acct = VCPUAccount()
+        acct.samples["r"] = array("q", [3001, 3000, 3001] * 10)
+        assert acct.latency() == {"r": {3001: 20, 3000: 10}}
+
+    def test_many_distinct_values_are_kept_to_three_digits(self) -> None:
+        acct = VCPUAccount()
+        n = 0
+        for chunk in range(20):  # 20 folds of 16k distinct nanosecond values, as real time gives
+            acct.samples["r"] = array("q", range(chunk * 16_384 + 100_000, (chunk + 1) * 16_384 + 100_000))
+            acct.fold("r")
+            n += 16_384
+        counts = acct.latency()["r"]
+        assert sum(counts.values()) == n
+        assert len(counts) <= VCPUAccount.MAX_EXACT_VALUES
+        assert all(len(str(v).rstrip("0")) <= 3 for v in counts)
+        assert min(counts) == 100_000 and max(counts) == 428_000
