@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 from aemu import __version__
 from aemu.errors import ConfigError
 from aemu.monitor import JSONStreamer, QMPError, QMPServer, parse_qmp_option, run_with_monitor, serve
-from aemu.monitor.qmp import StreamLimitError, VerbatimNumber, encode_message
+from aemu.monitor.qmp import StreamLimitError, VerbatimNumber, encode_message, event_message
 
 qmp = pytest.importorskip("qemu.qmp")
 from qemu.qmp import EventListener, ExecuteError, QMPClient  # noqa: E402
@@ -546,6 +547,79 @@ class TestHostile:
                 assert (await c.execute("query-status"))["running"] is True
                 await close(c)
                 slow.close()
+
+        run_async(main)
+
+
+    def test_idle_connections_make_room_for_a_new_client(self) -> None:
+        async def main() -> None:
+            async with running("tcp:127.0.0.1:0,server") as (server, task):
+                server.evict_idle_s = 0.3
+                first = Raw(server)
+                await in_thread(first.negotiate)
+                idle = [Raw(server) for _ in range(server.max_clients - 1)]  # connect, never negotiate
+                for r in idle:
+                    await in_thread(r.recv)  # the greeting
+                assert len(server.clients) == server.max_clients == 64
+
+                def refused() -> None:  # nobody has been quiet for evict_idle_s yet
+                    r = Raw(server)
+                    with pytest.raises((EOFError, ConnectionResetError)):
+                        r.recv()
+                    r.close()
+
+                await in_thread(refused)
+                assert (server.refused_clients, server.evicted_clients) == (1, 0)
+                await asyncio.sleep(0.35)
+                c = await connect(server)  # evicts the oldest client that never negotiated
+                assert (await c.execute("query-status"))["running"] is True
+                assert server.evicted_clients == 1 and len(server.clients) == 64
+
+                def check_victim() -> None:
+                    with pytest.raises((EOFError, ConnectionResetError)):
+                        idle[0].recv()
+                    first.send({"execute": "query-status", "id": 1})  # a negotiated one kept its place
+                    assert first.recv()["id"] == 1
+
+                await in_thread(check_victim)
+                await close(c)
+                for r in [first, *idle]:
+                    r.close()
+
+        run_async(main)
+
+    def test_a_client_that_does_not_read_costs_its_cap_not_more(self) -> None:
+        class Stub:
+            def greeting(self) -> dict[str, Any]:
+                return {"QMP": {"version": {}, "capabilities": []}}
+
+            async def handle(self, msg: Any, client: Any) -> Any:
+                client.negotiated = True
+                return {"return": {}}
+
+        cap = 1 << 20
+
+        async def main() -> None:
+            server = QMPServer(Stub(), parse_qmp_option(f"unix:{_sock_path()},server"), max_output_bytes=cap)
+            await server.start()
+            slow = Raw_(server.address.path)
+            await in_thread(slow.negotiate)
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                sent = 0
+                while not server.dropped_clients:  # small events, as STOP/RESUME are
+                    server.emit_event("STOP")
+                    sent += 1
+                    if sent % 100 == 0:
+                        await asyncio.sleep(0)  # let the writer hand chunks to the transport
+                peak = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            assert sent * len(encode_message(event_message("STOP"))) > cap  # the cap was reached
+            assert peak <= cap + (96 << 10), f"{peak:,} bytes held for a client capped at {cap:,}"
+            slow.close()
+            await server.close()
 
         run_async(main)
 

@@ -28,11 +28,19 @@ Limits (per client unless said otherwise; none of them can be lifted by a client
   since the stream cannot be resynchronised. QEMU's own limit is 64 MiB per token.
 * ``MAX_NESTING`` (64): deeper ``{``/``[`` nesting is answered the same way ("JSON nesting depth
   limit exceeded") and the connection closed; QEMU allows 1024.
-* ``MAX_CLIENTS`` (64, server-wide): a connection beyond it is closed at once, without a greeting.
-* ``MAX_OUTPUT_BYTES`` (4 MiB): replies and events queued for a client that does not read. Requests
-  are read one at a time and a new one only when the queue is below ``OUTPUT_HIGH_WATER`` (QEMU
-  also stops reading a monitor with a full request queue), so replies cannot pile up; events that
-  would push the queue past ``MAX_OUTPUT_BYTES`` drop that client (its socket is closed).
+* ``MAX_CLIENTS`` (64, server-wide). Idle connections cannot lock others out: when the server is
+  full, a new connection evicts the client that has been quiet longest -- one that never sent
+  ``qmp_capabilities`` before one that did -- provided it has sent nothing for ``EVICT_IDLE_S``
+  (1 s) and is not in the middle of a command; its socket is simply closed. Only when every client
+  has spoken within that second is the new connection closed at once, without a greeting. There
+  is no idle timeout otherwise (QEMU has none): a quiet client keeps its place until room is needed.
+* ``MAX_OUTPUT_BYTES`` (4 MiB): what a client that does not read may cost, counted as the bytes
+  held for it -- output not yet handed to the transport plus the transport's write buffer -- and
+  held as chunks of 64 KiB, not one object per message, so the count is the memory (within a
+  chunk). Requests are read one at a time and a new one only when that count is below
+  ``OUTPUT_HIGH_WATER`` (QEMU also stops reading a monitor with a full request queue), so replies
+  cannot pile up; an event that would push it past ``MAX_OUTPUT_BYTES`` drops that client (its
+  socket is closed). With every client slow, the server holds at most 64 x 4 MiB.
 * Commands run one at a time server-wide (QEMU runs them in its main loop under the BQL); ``stop``
   waits at most :data:`STOP_TIMEOUT_S` wall seconds for the vCPUs to park.
 
@@ -60,6 +68,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = [
+    "EVICT_IDLE_S",
     "MAX_CLIENTS",
     "MAX_MESSAGE_BYTES",
     "MAX_NESTING",
@@ -81,6 +90,9 @@ MAX_CLIENTS = 64
 MAX_OUTPUT_BYTES = 4 << 20
 OUTPUT_HIGH_WATER = 256 << 10
 READ_CHUNK = 64 << 10
+WRITE_CHUNK = 64 << 10
+#: Wall seconds a client must have been quiet before a new connection may evict it (server full).
+EVICT_IDLE_S = 1.0
 #: Wall seconds ``stop`` waits for the vCPUs to park (real-time runs).
 STOP_TIMEOUT_S = 2.0
 
@@ -402,7 +414,14 @@ def event_message(name: str, data: dict[str, Any] | None = None) -> dict[str, An
 # -- one connection ------------------------------------------------------------------------------------
 
 class _Client:
-    """One connected client: its negotiation state and its bounded output queue."""
+    """One connected client: its negotiation state and its bounded output buffer.
+
+    Output is kept as chunks of about :data:`WRITE_CHUNK` bytes (messages are appended to the
+    last one), not as one object per message, whose overhead would make the memory held for a
+    client that does not read half as much again as its byte count. A chunk goes to the transport
+    only once the transport has drained below its high-water mark. :attr:`queued` counts both, so
+    the cap is what the client really costs.
+    """
 
     def __init__(self, server: QMPServer, writer: asyncio.StreamWriter, max_output: int) -> None:
         self.server = server
@@ -410,27 +429,47 @@ class _Client:
         self.negotiated = False
         self.closed = False
         self.max_output = max_output
-        self.queued = 0
         self.peak_queued = 0
-        self._queue: deque[bytes] = deque()
+        #: Wall time (``time.monotonic()``) input last arrived; whether a request is being handled.
+        self.last_input = time.monotonic()
+        self.busy = False
+        self._chunks: deque[bytes] = deque()  # full chunks, oldest first
+        self._tail = bytearray()  # the chunk being filled
+        self._held = 0  # bytes in _chunks and _tail
         self._more = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="qmp-writer")
 
+    @property
+    def queued(self) -> int:
+        """Output bytes held for this client: not yet handed to the transport plus its write buffer."""
+        if self.closed:
+            return 0
+        return self._held + self.writer.transport.get_write_buffer_size()
+
     def send(self, obj: Any, *, droppable: bool = False) -> None:
         """Queue a message. A ``droppable`` one (an event) that overflows the queue drops the client."""
+        self.send_encoded(encode_message(obj), droppable=droppable)
+
+    def send_encoded(self, data: bytes, *, droppable: bool = False) -> None:
+        """Queue an encoded message (see :meth:`send`)."""
         if self.closed:
             return
-        data = encode_message(obj)
-        if droppable and self.queued + len(data) > self.max_output:
+        queued = self.queued + len(data)
+        if droppable and queued > self.max_output:
             self.server.dropped_clients += 1
             self.close()
             return
-        self._queue.append(data)
-        self.queued += len(data)
-        self.peak_queued = max(self.peak_queued, self.queued)
-        if self.queued > OUTPUT_HIGH_WATER:
+        tail = self._tail
+        tail += data
+        if len(tail) >= WRITE_CHUNK:
+            self._chunks.append(bytes(tail))
+            tail.clear()
+        self._held += len(data)
+        if queued > self.peak_queued:
+            self.peak_queued = queued
+        if queued > OUTPUT_HIGH_WATER:
             self._room.clear()
         self._more.set()
 
@@ -440,20 +479,24 @@ class _Client:
 
     async def flushed(self) -> bool:
         """Whether everything queued has been handed to the transport (does not wait)."""
-        return not self._queue
+        return not self._held
 
     async def _write_loop(self) -> None:
         w = self.writer
         try:
             while not self.closed:
-                if not self._queue:
+                if not self._held:
                     self._more.clear()
                     await self._more.wait()
                     continue
-                data = self._queue.popleft()
-                w.write(data)
-                await w.drain()
-                self.queued -= len(data)
+                if self._chunks:
+                    chunk = self._chunks.popleft()
+                else:
+                    chunk = bytes(self._tail)
+                    self._tail.clear()
+                self._held -= len(chunk)
+                w.write(chunk)
+                await w.drain()  # returns once the transport's buffer is below its high-water mark
                 if self.queued <= OUTPUT_HIGH_WATER // 2:
                     self._room.set()
         except (ConnectionError, OSError):
@@ -468,8 +511,9 @@ class _Client:
         self.closed = True
         self._room.set()
         self._more.set()
-        self._queue.clear()
-        self.queued = 0
+        self._chunks.clear()
+        self._tail.clear()
+        self._held = 0
         try:
             self.writer.transport.abort()
         except Exception:
@@ -499,10 +543,12 @@ class QMPServer:
     """
 
     def __init__(self, handler: Any, address: QMPAddress, *, max_clients: int = MAX_CLIENTS,
-                 max_output_bytes: int = MAX_OUTPUT_BYTES, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_output_bytes: int = MAX_OUTPUT_BYTES, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 evict_idle_s: float = EVICT_IDLE_S) -> None:
         self.handler = handler
         self.address = address
         self.max_clients = max_clients
+        self.evict_idle_s = evict_idle_s
         self.max_output_bytes = max_output_bytes
         self.max_message_bytes = max_message_bytes
         self.clients: set[_Client] = set()
@@ -511,6 +557,8 @@ class QMPServer:
         #: Clients dropped because their output queue overflowed; connections refused (too many).
         self.dropped_clients = 0
         self.refused_clients = 0
+        #: Idle clients closed to make room for a new connection.
+        self.evicted_clients = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._unix_ino: tuple[int, int] | None = None
@@ -576,7 +624,7 @@ class QMPServer:
         deadline = time.monotonic() + flush_s
         loop = asyncio.get_running_loop()
         virtual = hasattr(loop, "now_ns")
-        while any(c._queue and not c.closed for c in self.clients) and time.monotonic() < deadline:
+        while any(c.queued for c in self.clients) and time.monotonic() < deadline:
             await asyncio.sleep(0 if virtual else 0.002)
         deadline = time.monotonic() + linger_s
         while any(not c.closed for c in self.clients) and time.monotonic() < deadline:
@@ -607,15 +655,16 @@ class QMPServer:
     # -- events ------------------------------------------------------------------------------------
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send event ``name`` to every negotiated client (a client that cannot keep up is dropped)."""
-        msg = event_message(name, data)
+        encoded = encode_message(event_message(name, data))
         for c in list(self.clients):
             if c.negotiated:
-                c.send(msg, droppable=True)
+                c.send_encoded(encoded, droppable=True)
 
     # -- a connection ------------------------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self.clients) >= self.max_clients or self._server is None or task is None:
+        if self._server is None or task is None or (len(self.clients) >= self.max_clients
+                                                    and not self._evict_idle()):
             self.refused_clients += 1
             writer.transport.abort()
             return
@@ -626,7 +675,7 @@ class QMPServer:
         try:
             await self._serve(client, reader)
             deadline = time.monotonic() + 0.2  # let a last reply (a limit error) go out
-            while client._queue and not client.closed and time.monotonic() < deadline:
+            while client.queued and time.monotonic() < deadline:
                 await asyncio.sleep(0)
         except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # a cancelled handler ends quietly (asyncio logs a server handler's CancelledError)
@@ -636,6 +685,20 @@ class QMPServer:
             await client.finish()
             self._handlers.discard(task)
 
+    def _evict_idle(self) -> bool:
+        """Make room for a new connection: close the client quiet longest (one that never
+        negotiated first), if it has been quiet ``evict_idle_s`` and is not mid-command."""
+        now = time.monotonic()
+        idle = [c for c in self.clients
+                if not c.busy and not c.closed and now - c.last_input >= self.evict_idle_s]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.negotiated, c.last_input))
+        self.clients.discard(victim)
+        victim.close()
+        self.evicted_clients += 1
+        return True
+
     async def _serve(self, client: _Client, reader: asyncio.StreamReader) -> None:
         client.send(self.handler.greeting())
         streamer = JSONStreamer(self.max_message_bytes)
@@ -643,6 +706,7 @@ class QMPServer:
             data = await reader.read(READ_CHUNK)
             if not data:
                 return
+            client.last_input = time.monotonic()
             for msg in streamer.feed(data):
                 if client.closed:
                     return
@@ -652,7 +716,11 @@ class QMPServer:
                 if isinstance(msg, QMPError):
                     reply: Any = {"error": msg.to_dict()}
                 else:
-                    reply = await self.handler.handle(msg, client)
+                    client.busy = True  # not evicted mid-command (waiting for it to be read is not busy)
+                    try:
+                        reply = await self.handler.handle(msg, client)
+                    finally:
+                        client.busy = False
                 if reply is not None:
                     client.send(reply)
                 await client.wait_room()
