@@ -199,7 +199,8 @@ def _three_digits(ns: int) -> int:
     if ns < 1000:
         return ns
     k = 10 ** (len(str(ns)) - 3)
-    return (ns + k // 2) // k * k
+    rounded: int = (ns + k // 2) // k * k
+    return rounded
 
 
 class VCPUAccount:
