@@ -11,7 +11,7 @@
 #   SMP      vCPUs (default 4)
 #
 # Needs qemu-system-x86_64 (Debian package qemu-system-x86) built with the "log" trace backend
-# (Debian's is) and gzip. Runs the command line of ../shared/traces/README.md: q35, 512 MB, TCG (no
+# (Debian's is) and gzip. Runs the command line of traces/README.md: q35, 512 MB, TCG (no
 # KVM, so every access goes through QEMU's memory API and is traced, APIC accesses included), no
 # root disk -- the boot ends in a kernel panic after the devices are probed and -no-reboot stops
 # QEMU; a timeout (default 300 s, env CAPTURE_TIMEOUT) stops it otherwise. -msg timestamp=on adds

@@ -33,7 +33,7 @@ from aemu.sync import bql_locked
 
 D = TypeVar("D", bound=Device)
 NS = 1_000_000_000
-REFERENCE_MTREE = Path("/work/shared/reference/qemu-7.2/info-mtree-q35.txt")
+REFERENCE_MTREE = Path(__file__).parent / "data" / "qemu-7.2" / "info-mtree-q35.txt"
 
 
 class Rig:

@@ -22,7 +22,7 @@ from aemu.report.sync_profile import QSPRow, lock_object_address, sync_profile_r
 from aemu.result import Result
 from aemu.sync import ContentionPoint, Lock, LockStatistics, SiteStats, TimeStats
 
-REFERENCE = Path("/work/shared/reference/qemu-7.2/info-sync-profile-q35-tcg.txt")
+REFERENCE = Path(__file__).parent / "data" / "qemu-7.2" / "info-sync-profile-q35-tcg.txt"
 QEMU_BQL = "0x55872837bb40"  # the BQL's address in the reference output
 QEMU_MONITOR = "0x558740942170"  # the monitor mutex's
 
