@@ -348,25 +348,28 @@ def replay(trace: str, time_scale: float, lenient: bool, json_path: str | None, 
     """Replay a QEMU trace log (memory_region_ops_read/write) on the modelled machine.
 
     Gives the same report as `run`, so a real boot's access mix can be compared before vs after
-    the series at any -smp. ARGS are QEMU-style and aemu options.
+    the series at any -smp. ARGS are QEMU-style and aemu options; without -smp the machine has as
+    many vCPUs as the trace recorded.
     """
-    from .config import MachineConfig
-    from .replay import replay as run_replay
+    from .config import SMP, MachineConfig
+    from .replay import load_trace, replay as run_replay
     from .report.tables import render_run_report
     from .trace import Tracer
 
-    if not Path(trace).is_file():
+    if not Path(trace).exists():
         raise click.UsageError(f"trace {trace!r}: no such file")
     json_file = _out_file(json_path, "--json")
     timeline_file = _out_file(timeline_path, "--timeline")
-    config = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", "-smp", "4", *args])
+    config = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", *args])
+    parsed = load_trace(trace, lenient=lenient)
+    if "-smp" not in args:  # as many vCPUs as the trace recorded
+        config = config.replace(smp=SMP.parse(str(parsed.recorded_vcpus)))
     tracer = Tracer() if timeline_file is not None else None
     with _progress(quiet, 1, "ns") as bar:
         def step(vns: int, fin: int, total: int) -> None:
             bar.update(min(fin / max(total, 1), 1.0), f"replay: virtual {vns / 1e6:,.1f} ms, {fin}/{total} vCPUs done")
 
-        result, report = run_replay(trace, config, time_scale=time_scale, lenient=lenient, tracer=tracer,
-                                    progress=step)
+        result, report = run_replay(parsed, config, time_scale=time_scale, tracer=tracer, progress=step)
     click.echo(report.format())
     click.echo()
     click.echo(render_run_report(result))

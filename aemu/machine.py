@@ -85,7 +85,10 @@ class BoardDevice:
 BOARD: tuple[BoardDevice, ...] = (
     BoardDevice("pm", lambda m: ACPIPMTimer(m.host, pm_base=0x600, container_name="ich9-pm", size=0x80),
                 machine_types=("q35",)),
-    BoardDevice("pm", lambda m: ACPIPMTimer(m.host, pm_base=0xB000, container_name="piix4-pm", size=0x40),
+    # PM base 0x600 on pc too: SeaBIOS (QEMU 7.2) writes acpi_pm_base | 1 = 0x601 to PIIX4 PMBA
+    # (pciinit.c piix4_pm_config_setup), so acpi-tmr is at 0x608 as on q35 (QEMU-FACTS.md, "ACPI PM
+    # timer"; 0xb000 was the old Bochs BIOS value)
+    BoardDevice("pm", lambda m: ACPIPMTimer(m.host, pm_base=0x600, container_name="piix4-pm", size=0x40),
                 machine_types=("pc",)),
     BoardDevice("hpet", lambda m: HPETState(m.host), when=lambda c: c.hpet),
     BoardDevice("serial", lambda m: SerialState(m.host)),
@@ -202,10 +205,11 @@ class Machine:
         return dev
 
     def add_generic(self, name: str, addr: int, size: int, *, space: str = "io",
-                    read_value: int = 0xFFFFFFFF) -> GenericRegion:
-        """A named region with a fixed read value, for names aemu has no model of."""
+                    read_value: int = 0xFFFFFFFF, priority: int = 0) -> GenericRegion:
+        """A named region with a fixed read value, for names aemu has no model of (``priority`` 1
+        maps it over what is there, as QEMU's ``memory_region_add_subregion_overlap``)."""
         dev = GenericRegion(self.host, name, size, read_value=read_value, space=space, addr=addr)
-        self._add(dev)
+        self._add(dev, priority=priority)
         return dev
 
     def regions(self) -> Iterator[MemoryRegion]:

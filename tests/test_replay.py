@@ -3,6 +3,9 @@
 ``data/linux-boot-excerpt.trace`` is lines 1-1700, 206301-206500 and 215301-215700 of
 ``traces/linux-6.1-q35-smp4-hpet.trace.gz`` (Linux 6.1 booting on QEMU 7.2, q35,
 -smp 4, TCG); ``data/linux-boot-excerpt-gz.trace.gz`` is lines 206301-206500, gzipped.
+``data/pc-smp2-synthetic.trace`` is written by hand in the shape of a ``-M pc -smp 2`` boot on QEMU
+7.2 (no real pc capture is at hand): its region names and addresses are QEMU's for pc (PIIX4 PM at
+SeaBIOS's 0x600, ``piix3-reset-control`` over ``pci-conf-idx``, ``fdc`` around ``ide``'s 0x3f6).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from aemu.workloads import get_workload
 DATA = Path(__file__).parent / "data"
 EXCERPT = DATA / "linux-boot-excerpt.trace"
 EXCERPT_GZ = DATA / "linux-boot-excerpt-gz.trace.gz"
+PC_TRACE = DATA / "pc-smp2-synthetic.trace"
 SPLIT = "-M q35 -smp {n} -accel kvm,kernel-irqchip=split --series {series}"
 #: the excerpt's regions aemu does not model on q35 with a split irqchip
 GENERIC = {"acpi-smi", "apm-io", "dma-cont", "edid", "fwcfg", "fwcfg.dma", "pcie-mmcfg-mmio", "vbe", "vga"}
@@ -218,6 +222,74 @@ class TestReplay:
         assert set(report.generic_names) == GENERIC | {"pic", "elcr"}  # the PIC lives in KVM here
         assert report.exact_counts and result.bql.acquisitions > 0
 
+
+
+# -- pc traces, stand-in regions, the recorded vCPU count (issue 11 item 10) ---------------------------
+
+def _generic_layout(report: ReplayReport) -> dict[str, set[tuple[int, int]]]:
+    out: dict[str, set[tuple[int, int]]] = {}
+    for g in report.generic_regions:
+        out.setdefault(g.name, set()).add((g.addr, g.size))
+    return out
+
+
+class TestPCAndStandIns:
+    @pytest.mark.parametrize("board", ["pc", "q35"])
+    def test_a_pc_trace_replays_exactly(self, board: str) -> None:
+        trace = load_trace(PC_TRACE)
+        result, report = replay(trace, MachineConfig.parse(f"-M {board} -smp 2 -accel kvm,kernel-irqchip=split"))
+        assert result.finished and report.exact_counts and report.conflicts == ()
+        assert set(report.generic_names) == {"fdc", "ide", "piix3-reset-control"}  # acpi-tmr is aemu's own
+        assert result.region_counts["acpi-tmr"] == trace.region_counts()["acpi-tmr"] == (6, 0)
+        assert result.region_counts["pci-conf-idx"] == (0, 2)
+
+    def test_stand_ins_cover_only_the_addresses_the_trace_shows(self) -> None:
+        _, report = replay(PC_TRACE, MachineConfig.parse("-M pc -smp 2 -accel kvm,kernel-irqchip=split"))
+        assert _generic_layout(report) == {
+            "fdc": {(0x3F2, 1), (0x3F4, 2), (0x3F7, 1)},  # not 0x3f6: the trace shows 'ide' there
+            "ide": {(0x1F6, 2), (0x3F6, 1)},
+            "piix3-reset-control": {(0xCF9, 1)},  # over pci-conf-idx, as QEMU maps it (priority 1)
+        }
+
+    def test_a_stand_in_never_takes_another_names_address(self) -> None:
+        lines = [f"memory_region_ops_read cpu 0 mr 0x1 addr {a:#x} value 0x0 size 1 name '{n}'"
+                 for n, a in (("a-dev", 0x100), ("a-dev", 0x102), ("b-dev", 0x103), ("a-dev", 0x100))]
+        result, report = replay(parse_trace(lines), MachineConfig.parse("-smp 1 -accel kvm,kernel-irqchip=split"))
+        assert report.exact_counts and report.conflicts == ()
+        assert _generic_layout(report) == {"a-dev": {(0x100, 1), (0x102, 1)}, "b-dev": {(0x103, 1)}}
+        assert result.region_counts["a-dev"] == (3, 0) and result.region_counts["b-dev"] == (1, 0)
+
+    def test_the_pm_timer_is_at_0x608_on_pc_as_on_q35(self) -> None:
+        from aemu.machine import Machine
+
+        for board in ("pc", "q35"):
+            m = Machine(MachineConfig.parse(f"-M {board} --workload pmtimer-bench"))
+            assert m.pm_timer_port == 0x608, board
+            hit = m.io.translate(0x608)
+            assert hit is not None and hit[0].name == "acpi-tmr"
+
+
+class TestReplayCommand:
+    def _run(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        from aemu.cli import main
+
+        code = main(["replay", "-q", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def test_defaults_to_the_recorded_vcpu_count(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        code, out, _ = self._run(capsys, str(PC_TRACE), "-M", "pc")
+        assert code == 0
+        assert "replayed on 2: one recorded stream per vCPU (the recorded size)" in out
+        assert "-smp 2," in out and "per-region read/write counts equal the trace's" in out
+        one = tmp_path / "one.trace"
+        one.write_text(LINE + "\n" + LINE + "\n")
+        code, out, _ = self._run(capsys, str(one))
+        assert code == 0 and "recorded 0; replayed on 1: one recorded stream per vCPU" in out
+
+    def test_an_explicit_smp_wins(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code, out, _ = self._run(capsys, str(PC_TRACE), "-M", "pc", "-smp", "3")
+        assert code == 0 and "replayed on 3: vCPU 0 replays the BSP stream" in out
 
 #: One vCPU access, a device-context (cpu -1) access 50 µs in, and another an hour later.
 LATE_DEVICE = """\

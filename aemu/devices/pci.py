@@ -114,7 +114,7 @@ PC_PCI_DEVICES: tuple[PCIDeviceInfo, ...] = (
     PCIDeviceInfo("piix3-ide", 0x01, 1, 0x8086, 0x7010, 0x010180,
                   bars=((4, PCIBar(0x10, io=True, addr=0xC040)),)),
     PCIDeviceInfo("PIIX4_PM", 0x01, 3, 0x8086, 0x7113, 0x068000, revision=0x03, interrupt_pin=1,
-                  firmware_config=((0x40, 4, 0x0000_B001), (0x80, 1, 0x01))),  # PMBA 0xb000, PMREGMISC
+                  firmware_config=((0x40, 4, 0x0000_0601), (0x80, 1, 0x01))),  # PMBA 0x600 (SeaBIOS), PMREGMISC
     PCIDeviceInfo("VGA", 0x02, 0, 0x1234, 0x1111, 0x030000, revision=0x02,
                   bars=((0, PCIBar(16 << 20, prefetch=True, addr=0xFD00_0000)),
                         (2, PCIBar(0x1000, addr=0xFEBF_0000)))),

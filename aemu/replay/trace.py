@@ -148,6 +148,11 @@ class Trace:
         """The vCPU indices that made accesses (cpu -1 excluded), sorted."""
         return tuple(sorted({a.cpu for a in self.accesses if a.cpu >= 0}))
 
+    @property
+    def recorded_vcpus(self) -> int:
+        """How many vCPUs made accesses (at least 1): what ``aemu replay`` runs on without ``-smp``."""
+        return max(len(self.cpus), 1)
+
     def by_cpu(self) -> dict[int, list[Access]]:
         """Each vCPU's accesses (cpu -1 included) in file order."""
         out: dict[int, list[Access]] = {}

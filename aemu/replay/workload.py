@@ -19,12 +19,15 @@ to aemu's MSI window whichever name it has (``kvm-apic-msi`` with an in-kernel L
 regions replay at their address and land on the root's own handler (``io``: unassigned ports
 read all-ones; a hole in ``system`` is a decode error in aemu, so ``system`` hits get a generic
 region). Every other (name, address) aemu does not resolve to that name gets a
-:class:`~aemu.devices.generic.GenericRegion` of the trace's name, added before the vCPUs start: one
-region covering the addresses seen, from the lowest (aligned down to the largest access) to the
-end of the highest, rounded up to a power of two; if that would overlap a region aemu models
-(RAM excepted: a generic is mapped over RAM as QEMU maps ``vga-lowmem``), the addresses are split
-at their widest gap and each part placed the same way, down to single addresses. An address
-still taken by a region of another name is a *conflict*: replayed as is, and reported.
+:class:`~aemu.devices.generic.GenericRegion` of the trace's name, added before the vCPUs start,
+covering exactly the bytes the trace's accesses to that name cover: one region per run of touching
+accesses, widest first. A run on free addresses (or RAM: a generic is mapped over RAM as QEMU maps
+``vga-lowmem``) is mapped at priority 0. A run on bytes where aemu maps another region (or an
+earlier, wider stand-in), but where the trace starts no access of another name, is mapped over it
+at priority 1, as QEMU overlaps ``piix3-reset-control`` on ``pci-conf-idx`` (so a ``-M pc`` trace
+replays on q35 and the other way round). Any other run is split into its single addresses, each
+placed the same way. An address still taken by a region of another name is a *conflict*: replayed
+as is, and reported: the only way a stand-in receives an access the trace gives another name.
 
 **cpu -1.** Device-context accesses (a device's DMA or MSI write) are replayed by a task of their
 own, ``replay-devices``, at their recorded times (or, without timestamps, after
@@ -115,8 +118,24 @@ def _msi_aliases(name: str) -> tuple[str, ...]:
     return MSI_NAMES if name in MSI_NAMES else (name,)
 
 
-def _pow2ceil(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def _end(keys: list[_Key]) -> int:
+    """The end of the highest access among ``keys``."""
+    return max(k.addr + k.max_size for k in keys)
+
+
+def _runs(group: list[_Key]) -> list[list[_Key]]:
+    """``group`` (sorted by address) cut where its accesses stop touching: each run's bytes are all
+    bytes some access of the trace covers."""
+    runs: list[list[_Key]] = [[group[0]]]
+    end = _end(runs[0])
+    for k in group[1:]:
+        if k.addr <= end:
+            runs[-1].append(k)
+            end = max(end, k.addr + k.max_size)
+        else:
+            runs.append([k])
+            end = k.addr + k.max_size
+    return runs
 
 
 class ReplayWorkload(Workload):
@@ -171,9 +190,15 @@ class ReplayWorkload(Workload):
                 unresolved.setdefault((k.name, k.space), []).append(k)
             else:
                 k.space = hit
-        for (name, space), group in sorted(unresolved.items()):
-            group.sort(key=lambda k: k.addr)
-            self._place(machine, name, space, group)
+        # per space, the names the trace shows at each start address (a stand-in keeps off the others')
+        shown: dict[str, dict[int, set[str]]] = {"io": {}, "memory": {}}
+        for k in keys.values():
+            shown[k.space].setdefault(k.addr, set()).add(k.name)
+        runs = [(name, space, run) for (name, space), group in unresolved.items()
+                for run in _runs(sorted(group, key=lambda k: k.addr))]
+        runs.sort(key=lambda r: (-(_end(r[2]) - r[2][0].addr), r[0], r[2][0].addr))  # widest first
+        for name, space, run in runs:
+            self._place(machine, name, space, run, shown[space])
         for k in keys.values():
             self._space[(k.name, k.addr)] = k.space == "io"
             if self._resolve(machine, k) is None:
@@ -197,39 +222,39 @@ class ReplayWorkload(Workload):
                 return space_name
         return None
 
-    def _free(self, space: AddressSpace, root: MemoryRegion, base: int, size: int) -> bool:
-        """Whether [base, base+size) holds nothing but the root's background or RAM."""
-        if base < 0 or base + size > space.limit:
-            return False
-        end = base + size
+    def _taken(self, space: AddressSpace, root: MemoryRegion, base: int, end: int) -> bool:
+        """Whether [base, end) holds a region other than the root's background and RAM."""
         for fr in space.flatview():
             if fr.end <= base or fr.start >= end:
                 continue
             mr = fr.region
             if mr is not root and mr.kind != "ram":
-                return False
-        return True
+                return True
+        return False
 
-    def _place(self, machine: Machine, name: str, space: str, group: list[_Key]) -> None:
-        """Add generic regions named ``name`` covering ``group`` (sorted by address)."""
+    def _place(self, machine: Machine, name: str, space: str, run: list[_Key], shown: dict[int, set[str]]) -> None:
+        """Add a generic region ``name`` covering exactly the bytes of ``run`` (keys whose accesses touch).
+
+        Free bytes (or RAM, as QEMU maps ``vga-lowmem`` over it): priority 0. Bytes of another
+        region where the trace starts no access of another name: priority 1, over it, as QEMU
+        overlaps ``piix3-reset-control`` on ``pci-conf-idx``. Otherwise each address on its own; one
+        that cannot be placed either way is a conflict, reported by :meth:`setup`.
+        """
         sp = machine.io if space == "io" else machine.memory
         root = machine.io_root if space == "io" else machine.system
-        align = _pow2ceil(max(k.max_size for k in group))
-        base = group[0].addr & ~(align - 1)
-        end = max(k.addr + k.max_size for k in group)
-        size = max(_pow2ceil(end - base), align)
-        if self._free(sp, root, base, size) or len(group) == 1:
-            if not self._free(sp, root, base, size):
-                base, size = group[0].addr, group[0].max_size  # as small as it gets
-                if not self._free(sp, root, base, size):
-                    return  # a conflict, reported by setup()
-            machine.add_generic(name, base, size, space=space)
-            self.generic_regions.append(GenericRegionInfo(name, space, base, size))
-            return
-        gaps = [group[i + 1].addr - (group[i].addr + group[i].max_size) for i in range(len(group) - 1)]
-        cut = gaps.index(max(gaps)) + 1
-        self._place(machine, name, space, group[:cut])
-        self._place(machine, name, space, group[cut:])
+        base, end = run[0].addr, _end(run)
+        if end > sp.limit:
+            return  # a conflict, reported by setup()
+        priority = 0
+        if self._taken(sp, root, base, end):
+            if any(shown.get(a, {name}) != {name} for a in range(base, end)):
+                if len(run) > 1:
+                    for k in run:
+                        self._place(machine, name, space, [k], shown)
+                return  # one address: a conflict, reported by setup()
+            priority = 1
+        machine.add_generic(name, base, end - base, space=space, priority=priority)
+        self.generic_regions.append(GenericRegionInfo(name, space, base, end - base))
 
     # -- guest programs ---------------------------------------------------------------------------
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
