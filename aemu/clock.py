@@ -16,10 +16,17 @@ The loop (:class:`VirtualTimeLoop`) is asyncio's own selector loop with two chan
 * The loop step itself (``_run_once``, ``call_soon``) is a lean version of asyncio's, since this
   loop never uses asyncio's ``TimerHandle`` heap.
 
-When nothing is ready, no timer is pending, no executor job is outstanding and no real file
-descriptor is being watched, yet tasks are still blocked, the run can never progress: the loop
-raises :class:`aemu.errors.SimulationDeadlock` naming each blocked task and what it waits on,
-instead of hanging.
+Outside work is waited for in real time, with virtual time held: an executor job
+(``run_in_executor``, ``asyncio.to_thread``, the default executor's shutdown) or a child process
+is never jumped past. A watched socket or pipe holds time for ``io_grace`` real seconds after
+its last I/O event (default 0: just poll), so a reply that is on its way arrives before the jump;
+with no timer pending, the loop waits ``io_timeout`` real seconds for it (default: forever).
+
+When nothing is ready, no timer is pending and no outside work can still wake the loop, yet tasks
+are blocked, the run can never progress: a :class:`aemu.errors.SimulationDeadlock` naming each
+blocked task and what it waits on is raised instead of hanging -- inside the task being run
+(``run_until_complete``, ``asyncio.run``, a test under the pytest plugin), at the ``await``
+where it is blocked, so its ``except`` and ``finally`` clauses run; out of ``run_forever`` else.
 
 ``pace=X`` keeps virtual time from running faster than X times wall time (live monitoring).
 
@@ -113,18 +120,21 @@ class _VirtualSelector(selectors.BaseSelector):
 
     Registration is delegated to a real selector so sockets and ``call_soon_threadsafe`` keep
     working; ``select`` polls it without blocking, except when the run is waiting for outside
-    input (a watched socket, an executor job) or is being paced to wall time.
+    input (an executor job, a child process, a watched socket within the loop's ``io_grace``) or
+    is being paced to wall time.
     """
 
     def __init__(self) -> None:
         self._real = selectors.DefaultSelector()
         self.loop: VirtualTimeLoop | None = None
         self._registered = 0  # file objects watched (the loop's self-pipe is one)
+        self.io_at = 0.0  # time.monotonic() of the last real I/O event or (re)registration
 
     # -- delegation ------------------------------------------------------------------------
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = self._real.register(fileobj, events, data)
         self._registered += 1
+        self.io_at = time.monotonic()
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
@@ -133,6 +143,7 @@ class _VirtualSelector(selectors.BaseSelector):
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        self.io_at = time.monotonic()
         return self._real.modify(fileobj, events, data)
 
     def get_map(self) -> Any:
@@ -141,47 +152,77 @@ class _VirtualSelector(selectors.BaseSelector):
     def close(self) -> None:
         self._real.close()
 
+    def _wait(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        """The real selector's ``select``; an event restarts the I/O grace period."""
+        events_ = self._real.select(timeout)
+        if events_:
+            self.io_at = time.monotonic()
+        return events_
+
     # -- the virtual-time step -------------------------------------------------------------
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         loop = self.loop
         assert loop is not None
-        real = self._real
-        external = self._registered > 1 or loop._executor_jobs > 0  # >1: the self-pipe
+        watching = self._registered > 1  # >1: the self-pipe is always registered
+        outside = loop._outside_jobs > 0
         if timeout is not None:  # callbacks are ready (or the loop is stopping): just poll
-            return real.select(0) if external else []
+            return self._wait(0) if watching or outside else []
+        if outside:  # an executor job or a child process: time holds until it ends (real time)
+            return self._wait(None)
         if loop.paused:  # stopped (the monitor's ``stop``): no virtual time passes, serve real I/O
-            if external:
-                return real.select(None)
-            raise loop._deadlock()
+            if watching:
+                return self._wait(None)
+            return loop._on_deadlock()
+        if watching and loop._pace is None:  # real I/O may still arrive: a grace period first
+            left = self.io_at + loop.io_grace - time.monotonic()
+            events_ = self._wait(left if left > 0 else 0)
+            if events_:
+                return events_
         if loop._advance():
-            return real.select(0) if external else []
+            return self._wait(0) if watching and loop._pace is not None else []
         paced = loop._paced_wait_s()
         if paced is not None:  # pacing: wait for wall time to catch up, serving real I/O meanwhile
-            events_ = real.select(paced)
+            events_ = self._wait(paced)
             if events_ or loop._ready:  # type: ignore[attr-defined]
                 return events_
             loop._advance(force=True)
-            return real.select(0) if external else []
+            return self._wait(0) if watching else []
         if loop._timers:
             loop._advance(force=True)
-            return real.select(0) if external else []
-        if external:  # nothing virtual to do: wait for the outside world
-            return real.select(None)
-        raise loop._deadlock()
+            return []
+        if watching:  # nothing virtual to do: wait for the outside world (at most io_timeout)
+            events_ = self._wait(loop.io_timeout)
+            if events_:
+                return events_
+        return loop._on_deadlock()
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose ``time()`` is virtual and jumps to the next timer.
 
     Same-instant events run first in, first out. Integer nanoseconds inside; ``time()`` gives
-    seconds as every asyncio loop does.
+    seconds as every asyncio loop does. ``start_ns`` is the first instant; ``io_grace`` and
+    ``io_timeout`` (real seconds) bound the waits for socket I/O (see the module docstring).
     """
 
-    def __init__(self, *, pace: float | None = None, start_ns: int = 0) -> None:
+    _closed = True  # until asyncio's __init__ says otherwise: a loop whose __init__ raised is no "unclosed loop"
+
+    def __init__(self, *, pace: float | None = None, start_ns: int = 0, io_grace: float = 0.0,
+                 io_timeout: float | None = None) -> None:
         if pace is not None and not pace > 0:
             raise ValueError(f"pace must be a positive number (virtual seconds per wall second), got {pace!r}")
         if start_ns < 0:
             raise ValueError(f"start_ns must be >= 0, got {start_ns}")
+        if not io_grace >= 0:
+            raise ValueError(f"io_grace must be a number of seconds >= 0, got {io_grace!r}")
+        if io_timeout is not None and not io_timeout >= 0:
+            raise ValueError(f"io_timeout must be a number of seconds >= 0 or None, got {io_timeout!r}")
+        #: Real seconds to wait for I/O on a watched socket or pipe, counted from the last real I/O
+        #: event, before virtual time may jump past it (0: just poll).
+        self.io_grace = float(io_grace)
+        #: Real seconds to wait for I/O when no timer is pending and only a watched socket could
+        #: wake the run, before it is a deadlock (None: forever).
+        self.io_timeout = io_timeout
         selector = _VirtualSelector()
         self._now_ns = start_ns
         # Timers as a calendar: a heap of distinct instants, and for each instant its entries
@@ -189,7 +230,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         # lockstep share instants, so the heap stays small and a batch is one pop.
         self._timers: list[int] = []
         self._buckets: dict[int, list[Any]] = {}
-        self._executor_jobs = 0
+        # Outside work the run waits for in real time, with virtual time held: executor jobs, the
+        # default executor's shutdown, child processes being spawned or running.
+        self._outside_jobs = 0
+        self._children: set[int] = set()  # pids of running child processes
+        self._reaped: set[int] = set()  # pids reaped before _make_subprocess_transport returned
+        self._main: asyncio.Future[Any] | None = None  # what run_until_complete runs
+        self._deadlock_task: asyncio.Task[Any] | None = None  # where a deadlock is raised first
         self._pace = pace
         self._pace_origin: tuple[int, float] | None = None
         self.timers_fired = 0
@@ -325,7 +372,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         timers = self._timers
         selector = self._selector  # type: ignore[attr-defined]
         if (not ready and timers and self._fast_forward and not self._stopping  # type: ignore[attr-defined]
-                and selector._registered <= 1 and not self._executor_jobs):
+                and selector._registered <= 1 and not self._outside_jobs):
             # The common step of a simulation: nothing ready, no outside I/O, no pacing.
             self._release_next()
         else:
@@ -400,15 +447,75 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     # -- outside work that may still wake the loop ---------------------------------------------
     def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:  # type: ignore[override]
+        """asyncio's ``run_in_executor``; virtual time holds until the job is done (it runs in real time)."""
         fut = super().run_in_executor(executor, func, *args)
-        self._executor_jobs += 1
-        fut.add_done_callback(self._executor_job_done)
+        self._outside_jobs += 1
+        fut.add_done_callback(self._outside_job_done)
         return fut
 
-    def _executor_job_done(self, _fut: asyncio.Future[Any]) -> None:
-        self._executor_jobs -= 1
+    def _outside_job_done(self, _fut: object = None) -> None:
+        self._outside_jobs -= 1
+
+    async def shutdown_default_executor(self, *args: Any) -> None:
+        """asyncio's, with its joining thread counted as outside work (not a deadlock)."""
+        self._outside_jobs += 1
+        try:
+            await super().shutdown_default_executor(*args)
+        finally:
+            self._outside_jobs -= 1
+
+    async def _make_subprocess_transport(self, *args: Any, **kwargs: Any) -> Any:
+        """asyncio's; virtual time holds while the child process runs."""
+        self._outside_jobs += 1  # spawning
+        try:
+            transp = await super()._make_subprocess_transport(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._outside_jobs -= 1
+        pid = transp.get_pid()
+        if pid in self._reaped:
+            self._reaped.discard(pid)
+        else:
+            self._children.add(pid)
+            self._outside_jobs += 1
+        return transp
+
+    def _child_watcher_callback(self, pid: int, returncode: int, transp: Any) -> None:
+        super()._child_watcher_callback(pid, returncode, transp)  # type: ignore[misc]
+        self.call_soon_threadsafe(self._child_reaped, pid)
+
+    def _child_reaped(self, pid: int) -> None:
+        if pid in self._children:
+            self._children.remove(pid)
+            self._outside_jobs -= 1
+        else:
+            self._reaped.add(pid)
 
     # -- deadlock ------------------------------------------------------------------------------
+    def run_until_complete(self, future: Awaitable[T]) -> T:  # type: ignore[override]
+        """asyncio's; a deadlock meanwhile is raised inside ``future``'s task (see :meth:`_on_deadlock`)."""
+        fut = asyncio.ensure_future(future, loop=self)
+        prev, self._main = self._main, fut
+        try:
+            return super().run_until_complete(fut)
+        finally:
+            self._main = prev
+
+    def _on_deadlock(self) -> list[Any]:
+        """Raise the deadlock in the task being run, where it waits: the test's task under the
+        pytest plugin, else the task of ``run_until_complete``. The exception is set on the
+        plain future that task (or the task it awaits, and so on) is blocked on, so it surfaces
+        at the ``await`` and the task's ``except``/``finally`` clauses run; the loop goes on.
+        With no such task (``run_forever``), it is raised out of the loop."""
+        exc = self._deadlock()
+        for root in (self._deadlock_task, self._main):
+            waiter: Any = root
+            while isinstance(waiter, asyncio.Task) and not waiter.done():
+                waiter = getattr(waiter, "_fut_waiter", None)
+            if isinstance(waiter, asyncio.Future) and not isinstance(waiter, asyncio.Task) and not waiter.done():
+                waiter.set_exception(exc)
+                return []
+        raise exc
+
     def _deadlock(self) -> SimulationDeadlock:
         blocked = describe_blocked_tasks(self)
         if not blocked:

@@ -109,6 +109,44 @@ class TestVirtualTime:
 
         assert clock.run(main()) == 0
 
+    def test_time_holds_while_an_executor_job_runs(self) -> None:
+        async def main() -> tuple[str, int]:
+            def work() -> str:
+                time.sleep(0.05)
+                return "done"
+
+            async with asyncio.timeout(1):  # a jump would fire this at once
+                got = await asyncio.get_running_loop().run_in_executor(None, work)
+            return got, now_ns()
+
+        assert clock.run(main()) == ("done", 0)
+
+    def test_the_default_executors_shutdown_is_not_a_deadlock(self) -> None:
+        async def main() -> int:
+            await asyncio.to_thread(time.sleep, 0.01)
+            await asyncio.sleep(2)
+            return now_ns()
+
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:  # closing it shuts the executor down
+            assert runner.run(main()) == 2 * 10**9
+
+    def test_time_holds_while_a_child_process_runs(self) -> None:
+        import sys
+
+        async def main() -> tuple[int | None, int]:
+            async with asyncio.timeout(1):
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(0.1)")
+                await proc.wait()
+            return proc.returncode, now_ns()
+
+        assert clock.run(main()) == (0, 0)
+
+    def test_bad_io_options(self) -> None:
+        with pytest.raises(ValueError, match="io_grace must be"):
+            VirtualTimeLoop(io_grace=-1)
+        with pytest.raises(ValueError, match="io_timeout must be"):
+            VirtualTimeLoop(io_timeout=-0.5)
+
     def test_clocks(self) -> None:
         async def main() -> tuple[int, int]:
             await sleep_ns(42)
@@ -180,6 +218,100 @@ class TestDeadlock:
 
         with pytest.raises(SimulationDeadlock, match="waits on gate 'g' \\(closed forever\\)"):
             clock.run(main())
+
+
+    def test_deadlock_is_raised_where_the_main_task_waits(self) -> None:
+        async def main() -> tuple[bool, int]:
+            helper = asyncio.create_task(asyncio.Event().wait(), name="helper")
+            me = asyncio.current_task()
+            assert me is not None
+            await sleep_ns(7)
+            try:
+                await asyncio.Event().wait()
+            except SimulationDeadlock as e:  # inside the task: its except and finally run
+                helper.cancel()
+                await sleep_ns(3)  # and the loop goes on
+                return set(e.blocked) == {"helper", me.get_name()}, now_ns()
+            return False, -1
+
+        assert clock.run(main()) == (True, 10)
+
+    def test_deadlock_under_run_forever_is_raised_out_of_the_loop(self) -> None:
+        loop = VirtualTimeLoop()
+        try:
+            loop.create_task(asyncio.Event().wait(), name="orphan")
+            with pytest.raises(SimulationDeadlock, match="'orphan' waits on"):
+                loop.run_forever()
+        finally:
+            for t in asyncio.all_tasks(loop):
+                t.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+
+
+class TestRealIO:
+    """Sockets: time waits up to ``io_grace`` after the last real I/O before jumping; with no timer
+    pending it waits up to ``io_timeout`` for I/O, then reports a deadlock."""
+
+    @staticmethod
+    def _late_reply(delay: float) -> tuple[int, object]:
+        import socket
+        import threading
+
+        srv = socket.create_server(("127.0.0.1", 0))
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(16)
+                time.sleep(delay)
+                conn.sendall(b"pong\n")
+            srv.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        return srv.getsockname()[1], t
+
+    def _ask(self, loop: VirtualTimeLoop, delay: float) -> tuple[object, int]:
+        port, thread = self._late_reply(delay)
+
+        async def main() -> tuple[object, int]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping\n")
+            try:
+                async with asyncio.timeout(60):
+                    got: object = await reader.readline()
+            except TimeoutError:
+                got = "timeout"
+            writer.close()
+            return got, now_ns()
+
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+            thread.join(5)  # type: ignore[attr-defined]
+
+    def test_a_reply_within_the_grace_comes_before_the_jump(self) -> None:
+        assert self._ask(VirtualTimeLoop(io_grace=0.5), 0.05) == (b"pong\n", 0)
+
+    def test_without_a_grace_time_jumps_past_a_late_reply(self) -> None:
+        assert self._ask(VirtualTimeLoop(), 0.05) == ("timeout", 60 * 10**9)
+
+    def test_io_timeout_bounds_a_wait_on_a_quiet_socket(self) -> None:
+        async def main() -> None:
+            server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+            async with server:
+                await asyncio.Event().wait()
+
+        loop = VirtualTimeLoop(io_timeout=0.1)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(SimulationDeadlock):
+                loop.run_until_complete(main())
+        finally:
+            loop.close()
+        assert 0.09 < time.monotonic() - t0 < 3.0
 
 
 class TestFastForward:
