@@ -75,6 +75,7 @@ class TestGenerated:
 
     def test_readme_and_docs_match_what_the_commands_print(self, outputs: dict[str, object]) -> None:
         """Fails when a figure moved: rerun ``python tools/gen_docs.py`` and commit README and docs/."""
+        assert "aemu compare --plot docs" in outputs
         problems = gen_docs.differences(README, outputs)
         assert not problems, "stale; run python tools/gen_docs.py:\n" + "\n\n".join(problems)
 
