@@ -197,6 +197,20 @@ class TestReplay:
         vcpu = {v.index: v for v in result.vcpus}
         assert vcpu[4].exits == vcpu[1].exits and vcpu[7].exits == vcpu[1].exits
 
+    def test_the_header_says_what_the_counts_are_compared_against(self, excerpt: Trace,
+                                                                  at_smp4: dict[str, tuple[Result, ReplayReport]]) -> None:
+        """Issue 11 item 10/11: at -smp 64 the counts are the replicated streams', not the trace's."""
+        assert "  per-region read/write counts equal the trace's\n" in at_smp4["after"][1].format() + "\n"
+        _, report = replay(excerpt, MachineConfig.parse(SPLIT.format(n=64, series="after")))
+        text = report.format()
+        assert "equal the trace's\n" not in text + "\n"
+        assert ("per-region read/write counts equal the recorded streams as replayed, not the trace's: each "
+                "recorded vCPU's counts times the vCPUs replaying its stream, cpu -1 once "
+                "(10,100 accesses; the trace has 2,300)") in text
+        assert sum(r + w for r, w in report.expected_counts.values()) == report.replayed == 10_100
+        _, folded = replay(excerpt, MachineConfig.parse(SPLIT.format(n=2, series="after")), device_context=False)
+        assert folded.counts_basis == "the trace's, less its 2 cpu -1 accesses (skipped)"
+
     def test_without_timestamps_uses_the_cost_model(self, tmp_path: Path) -> None:
         lines = gzip.decompress(EXCERPT_GZ.read_bytes()).decode().splitlines()
         (tmp_path / "bare.trace").write_text("\n".join(_strip_prefix(x) for x in lines) + "\n")

@@ -19,7 +19,8 @@ class GenericRegionInfo:
 
 @dataclass(frozen=True, slots=True)
 class CountMismatch:
-    """A region whose replayed counts differ from the trace's, and why if known."""
+    """A region whose replayed counts differ from the expected ones (``trace_*``: see
+    :attr:`ReplayReport.counts_basis`), and why if known."""
 
     name: str
     trace_reads: int
@@ -60,11 +61,14 @@ class ReplayReport:
     replication: str
     time_scale: float
     timestamps: bool
-    #: True when per-region counts equal the trace's (meaningful without replication)
+    #: True when every region's (reads, writes) equal :attr:`expected_counts`
     exact_counts: bool
     mismatches: tuple[CountMismatch, ...] = ()
     #: what the checked counts were compared as: aemu name -> (reads, writes) expected
     expected_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: what :attr:`expected_counts` are, in words: "the trace's" when every recorded stream is
+    #: replayed once, else how the streams were replicated and how many accesses that makes
+    counts_basis: str = "the trace's"
 
     @property
     def generic_names(self) -> tuple[str, ...]:
@@ -87,8 +91,10 @@ class ReplayReport:
         for c in self.conflicts:
             out.append(f"  conflict: {c}")
         if self.exact_counts:
-            out.append("  per-region read/write counts equal the trace's")
+            out.append(f"  per-region read/write counts equal {self.counts_basis}")
+        else:
+            out.append(f"  per-region read/write counts checked against {self.counts_basis}:")
         for mm in self.mismatches:
-            out.append(f"  count mismatch {mm.name}: trace {mm.trace_reads}/{mm.trace_writes}, "
+            out.append(f"  count mismatch {mm.name}: expected {mm.trace_reads}/{mm.trace_writes}, "
                        f"aemu {mm.reads}/{mm.writes} (reads/writes): {mm.reason}")
         return "\n".join(out)

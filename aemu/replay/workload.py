@@ -412,4 +412,16 @@ class ReplayWorkload(Workload):
             device_handling=handling, generic_regions=tuple(self.generic_regions), renamed=dict(self.renamed),
             conflicts=tuple(self.conflicts), recorded_cpus=self.recorded_cpus, vcpus=n, streams=self.streams,
             replication=_rule(self.recorded_cpus, n), time_scale=self.time_scale, timestamps=self._timestamps,
-            exact_counts=not mismatches, mismatches=tuple(mismatches), expected_counts=expected)
+            exact_counts=not mismatches, mismatches=tuple(mismatches), expected_counts=expected,
+            counts_basis=self._counts_basis(expected))
+
+    def _counts_basis(self, expected: dict[str, tuple[int, int]]) -> str:
+        """What ``expected`` holds, in words, with its total when it is not the trace's own counts."""
+        n_dev = len(self._by_cpu.get(-1, []))
+        skipped = f", less its {n_dev:,} cpu -1 accesses (skipped)" if n_dev and not self.device_context else ""
+        if sorted(c for s in self.streams for c in s) == sorted(self.recorded_cpus):
+            return "the trace's" + skipped
+        total = sum(r + w for r, w in expected.values())
+        dev = ", cpu -1 once" if n_dev and self.device_context else skipped
+        return (f"the recorded streams as replayed, not the trace's: each recorded vCPU's counts times the "
+                f"vCPUs replaying its stream{dev} ({total:,} accesses; the trace has {len(self.trace.accesses):,})")
