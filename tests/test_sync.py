@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 def check_invariants(st: LockStatistics) -> None:
     """Identities every snapshot must satisfy, whatever happened."""
-    assert st.contentions == st.contended_acquisitions + st.cancelled_waits + st.tasks_waiting
+    assert st.contentions == st.contended_acquisitions <= st.acquisitions  # in-flight waits are not counted yet
+    assert st.waits_begun == st.contentions + st.cancelled_waits + st.tasks_waiting
     assert sum(p.count for p in st.holder_sites) == st.contentions
     assert sum(p.count for p in st.waiter_sites) == st.contentions
     assert st.wait_ns.count == st.acquisitions
@@ -432,7 +433,8 @@ class TestLock:
         assert log == [(0, "H runs"), (50, "W1 cancelled"), (110, "W2 runs")]
         st = lock.statistics()
         check_invariants(st)
-        assert (st.acquisitions, st.contentions, st.contended_acquisitions, st.cancelled_waits) == (2, 2, 1, 1)
+        assert (st.acquisitions, st.contentions, st.contended_acquisitions, st.cancelled_waits) == (2, 1, 1, 1)
+        assert st.waits_begun == 2  # W1's cancelled wait is not a contention: it acquired nothing
         assert {t.task: t.cancelled_waits for t in st.tasks} == {"H": 0, "W1": 1, "W2": 0}
         assert not lock.locked()
 
@@ -467,7 +469,8 @@ class TestLock:
         assert log == [(0, "H runs"), (100, "W1 cancelled, owner W2"), (100 + handoff_ns, "W2 runs")]
         st = lock.statistics()
         check_invariants(st)
-        assert (st.acquisitions, st.contentions, st.contended_acquisitions, st.cancelled_waits) == (2, 2, 1, 1)
+        assert (st.acquisitions, st.contentions, st.contended_acquisitions, st.cancelled_waits) == (2, 1, 1, 1)
+        assert st.waits_begun == 2  # W1's cancelled wait is not a contention: it acquired nothing
         assert st.handoffs == 2
         assert not lock.locked() and st.tasks_waiting == 0
 
@@ -639,6 +642,41 @@ class TestLock:
         assert (st.locked, st.tasks_waiting) == (False, 0)
 
     # -- accounting windows and percentiles -----------------------------------------------------------
+    @pytest.mark.parametrize("policy", list(POLICIES))
+    def test_contentions_never_exceed_acquisitions_mid_run(self, policy: str) -> None:
+        """Eight vCPU-like tasks take the lock 5 times each, 100 ns holds, every take but the first
+        contended; snapshots every 30 ns, mid-run with up to seven waiters queued, then a Ctrl-C
+        (every task cancelled) at 1,000 ns. A contention counts with its acquisition; in-flight
+        and cancelled waits are labelled separately."""
+        lock = Lock("BQL", policy=policy, handoff_ns=10)
+        snaps: list[LockStatistics] = []
+
+        async def vcpu(i: int) -> None:
+            for _ in range(5):
+                async with lock.held(f"vcpu{i}"):
+                    await sleep_ns(100)
+
+        async def main() -> None:
+            tasks = [spawn(f"CPU {i}", vcpu(i)) for i in range(8)]
+            for _ in range(33):
+                await sleep_ns(30)
+                snaps.append(lock.statistics())
+            for t in tasks:
+                t.cancel()
+            await settle(*tasks)
+
+        clock.run(main())
+        final = lock.statistics()
+        for st in [*snaps, final]:
+            check_invariants(st)
+        st = snaps[0]  # at 30 ns: CPU 0 holds, the other seven wait
+        assert (st.acquisitions, st.contentions, st.tasks_waiting, st.waits_begun) == (1, 0, 7, 7)
+        assert min(st.tasks_waiting for st in snaps) >= 6  # a full queue all along
+        # the partial report after Ctrl-C: the queued waits were cancelled, not counted as contentions
+        assert final.tasks_waiting == 0 and final.cancelled_waits >= 6
+        if policy == "fifo":  # every take after the first waited: counted at the start, the waits would outnumber them
+            assert final.contentions == final.acquisitions - 1 < final.acquisitions < final.waits_begun
+
     def test_reset_clips_in_flight_work(self) -> None:
         """Holder H runs 0..1000, W waits from 10; reset at 400. The new window sees: H's hold
         from 400 (600 ns, no acquisition), W's contention with its wait from 400 (600 ns)."""
@@ -659,7 +697,8 @@ class TestLock:
 
         clock.run(main())
         old = before[0]
-        assert (old.acquisitions, old.contentions, old.tasks_waiting, old.window_ns) == (1, 1, 1, 400)
+        assert (old.acquisitions, old.contentions, old.tasks_waiting, old.window_ns) == (1, 0, 1, 400)
+        assert old.waits_begun == 1 and [(p.site, p.count) for p in old.waiter_sites] == []
         st = lock.statistics()
         check_invariants(st)
         assert (st.window_start_ns, st.window_ns) == (400, 650)

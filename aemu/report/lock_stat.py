@@ -24,7 +24,7 @@ that had to wait, and hold time at release):
   waittime-min is exact when every acquisition waited, else it comes from the wait histogram
   (:func:`contended_wait_min`: exact below 2048 ns, at most 0.1 % low above);
 * acquisitions: ``acquisitions``; the hold times are over completed holds (``hold_ns``);
-* con-bounces: every contention (``contentions``, lock_stat's ``lock_contended`` events, in-flight
+* con-bounces: every wait (``waits_begun``, lock_stat's ``lock_contended`` events, in-flight
   and cancelled waits included) -- in aemu the waiter is always another vCPU than the holder, so
   every contention moves the lock's data between CPUs;
 * acq-bounces: ``contended_acquisitions``, a lower bound (an acquisition after a wait always takes
@@ -128,7 +128,7 @@ def format_lock_stat(locks: Iterable[LockStatistics] | Mapping[str, LockStatisti
     for st in used:
         name = st.name[:37]
         hold = st.hold_ns
-        out.append(f"{name:>40}:{st.contentions:14d} "
+        out.append(f"{name:>40}:{st.waits_begun:14d} "
                    + _times(st.contended_acquisitions, contended_wait_min(st), st.wait_ns.max, st.wait_ns.total)
                    + f" {st.contended_acquisitions:14d} "
                    + f"{st.acquisitions:14d}"

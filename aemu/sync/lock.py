@@ -32,7 +32,7 @@ class _Waiter:
 
     __slots__ = ("task", "site", "start", "holder_site", "fut", "handle", "queued", "acc", "tacc")
 
-    # its site's and task's rows in the current window (LockStat.contention), cached for the grant
+    # its site's and task's rows in the current window (LockStat.waiting), cached for the grant
     acc: _Account
     tacc: _Account
 
@@ -232,8 +232,8 @@ class Lock:
     def reset(self) -> None:
         """Open a new accounting window (QEMU's ``sync-profile reset``); in-flight work is clipped.
 
-        A running hold is measured from now, at its site and task; each blocked waiter counts as
-        a contention of the new window whose wait starts now.
+        A running hold is measured from now, at its site and task; each blocked waiter's wait
+        starts now, in the new window's rows.
         """
         now = self._now()
         stat = self._stat
@@ -244,13 +244,15 @@ class Lock:
             stat.holding(self._owner_site or "unknown", owner.get_name())
         for w in self._pending.values():
             w.start = now
-            w.acc, w.tacc = stat.contention(w.site, w.task.get_name(), w.holder_site)
+            w.acc, w.tacc = stat.waiting(w.site, w.task.get_name())
 
     def statistics(self) -> LockStatistics:
         """A frozen snapshot of the lock's state and of the current accounting window.
 
         ``tasks_waiting`` counts every task blocked in acquire, a fifo wakee in its hand-off window
-        included; ``wait_ns`` counts every acquisition, ``hold_ns`` every release.
+        included; ``contentions`` the acquisitions that waited (a wait is counted when it ends in
+        one, so ``contentions <= acquisitions`` whenever the snapshot is taken); ``wait_ns``
+        counts every acquisition, ``hold_ns`` every release.
         """
         now = self._now()
         stat = self._stat
@@ -261,7 +263,7 @@ class Lock:
             locked=owner is not None, owner=_task_name(owner),
             owner_site=self._owner_site if owner is not None else None,
             tasks_waiting=len(self._pending), acquisitions=stat.acquisitions,
-            contentions=stat.contentions, contended_acquisitions=stat.contended,
+            contentions=stat.contentions, contended_acquisitions=stat.contentions,
             cancelled_waits=stat.cancelled, handoffs=stat.handoffs, barges=stat.barges,
             requeues=stat.requeues, wait_ns=stat.waits.stats(), hold_ns=stat.holds.stats(),
             sites=stat.site_rows(), holder_sites=stat.holder_points(),
@@ -315,10 +317,10 @@ class Lock:
             grant = free_at + self.handoff_ns
             if k is not None and k.hold_ahead and grant - now <= k.quantum_ns:
                 # Its keeper runs ahead to the grant: no waiter, no await.
-                acc, tacc = self._stat.contention(site, task.get_name(), self._last_site)
+                acc, tacc = self._stat.waiting(site, task.get_name())
                 self._hand_over(task, site, free_at)
                 k.offset_ns += grant - now
-                self._granted(task, k, site, now, acc, tacc)
+                self._granted(task, k, site, now, acc, tacc, self._last_site)
                 return
             w = self._park(task, site, now, self._last_site)
             self._hand_over(task, site, free_at)
@@ -356,24 +358,25 @@ class Lock:
                 self._abandon(w)
                 raise
         del self._pending[task]
-        self._granted(task, k, site, w.start, w.acc, w.tacc)
+        self._granted(task, k, site, w.start, w.acc, w.tacc, w.holder_site)
 
     def _park(self, task: Task, site: str, now: int, holder_site: str) -> _Waiter:
-        """``task`` starts waiting at ``now``: count the contention, register it as blocked."""
+        """``task`` starts waiting at ``now`` (the lock held at ``holder_site``): register it as blocked."""
         w = _Waiter(task, site, now, holder_site)
-        w.acc, w.tacc = self._stat.contention(site, task.get_name(), holder_site)
+        w.acc, w.tacc = self._stat.waiting(site, task.get_name())
         self._pending[task] = w
         return w
 
     def _granted(self, task: Task, k: QuantumKeeper | None, site: str, start: int,
-                 acc: _Account, tacc: _Account) -> None:
-        """A wait that began at ``start`` ends: the task runs holding the lock, at its local time."""
+                 acc: _Account, tacc: _Account, holder_site: str) -> None:
+        """A wait that began at ``start`` (the lock held at ``holder_site``) ends: the task runs
+        holding the lock, at its local time; the contention is counted now, with the acquisition."""
         now = self._time._now_ns
         if k is not None:
             k.locks_held += 1
             now += k.offset_ns
         self._hold_start = now
-        self._stat.granted(acc, tacc, now - start)
+        self._stat.granted(acc, tacc, now - start, holder_site)
         if self.tracer is not None:
             self.tracer.span(task.get_name(), f"wait {self.name} ({site})", start, now)
         if self.bql:

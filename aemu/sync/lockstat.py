@@ -2,7 +2,7 @@
 (util/qsp.c, ``info sync-profile``), in integer nanoseconds of virtual time.
 
 :class:`LockStat` keeps one accounting window. The lock tells it each event -- an uncontended
-acquisition, a contention, a grant after a wait, a cancelled wait, a release -- and it keeps
+acquisition, a wait beginning, a grant after a wait, a cancelled wait, a release -- and it keeps
 counters, a row per call site and per task, the holders' sites of contentions, and raw wait and
 hold samples. The samples go into HDR histograms only for a snapshot (``record_value`` costs
 about a microsecond, too much per acquisition), or every ``_FOLD_EVERY`` samples to bound memory.
@@ -51,6 +51,7 @@ class _Account:
     def waited(self, wait: int) -> None:
         """A contended acquisition that waited ``wait`` ns."""
         self.acquisitions += 1
+        self.contentions += 1
         self.wait_total += wait
         if wait > self.wait_max:
             self.wait_max = wait
@@ -141,10 +142,16 @@ class LockStat:
 
     *Wait* runs from the acquire call to the moment the task runs holding the lock; *hold* from
     then to the release. An uncontended acquisition waits 0 ns: it is counted, not sampled (the
-    zeros are added when folding). Invariant: ``contentions == contended + cancelled + waiting``.
+    zeros are added when folding).
+
+    A contention is counted when its wait ends in the acquisition, with it (its site's and task's
+    rows, its holder's site), so every snapshot -- a live one with tasks queued, a partial one
+    after Ctrl-C cancelled them -- has ``contentions <= acquisitions``. A wait still in flight is
+    a waiting task (the lock's ``tasks_waiting``); one that ended in cancellation is counted in
+    ``cancelled`` only. Every wait that began is one of the three.
     """
 
-    __slots__ = ("window_start", "acquisitions", "contentions", "contended", "cancelled", "handoffs",
+    __slots__ = ("window_start", "acquisitions", "contentions", "cancelled", "handoffs",
                  "barges", "requeues", "sites", "tasks", "holder_sites", "waits", "holds",
                  "owner_acc", "owner_tacc", "_wait_raw", "_hold_raw", "_zeros_folded")
 
@@ -162,9 +169,8 @@ class LockStat:
         """Forget everything counted so far; the window starts at ``start``."""
         self.window_start = start
         self.acquisitions = 0
+        #: Contended acquisitions: granted after a wait (lock_stat's ``waittime.nr``).
         self.contentions = 0
-        #: Contended acquisitions: granted after a wait.
-        self.contended = 0
         #: Waits that ended in cancellation.
         self.cancelled = 0
         #: Ownership passed to a task before it ran (fifo release, grant from a run-ahead release).
@@ -190,24 +196,21 @@ class LockStat:
         self.owner_tacc = acc = self.tasks[name]
         acc.acquisitions += 1
 
-    def contention(self, site: str, name: str, holder_site: str) -> tuple[_Account, _Account]:
-        """A task starts waiting (lock_stat's ``lock_contended``); returns its site and task rows."""
-        self.contentions += 1
-        acc = self.sites[site]
-        acc.contentions += 1
-        tacc = self.tasks[name]
-        tacc.contentions += 1
-        hs = self.holder_sites
-        hs[holder_site] = hs.get(holder_site, 0) + 1
-        return acc, tacc
+    def waiting(self, site: str, name: str) -> tuple[_Account, _Account]:
+        """A task starts waiting (lock_stat's ``lock_contended``): its site and task rows, which
+        :meth:`granted` or :meth:`cancelled_wait` count it in when the wait ends."""
+        return self.sites[site], self.tasks[name]
 
-    def granted(self, acc: _Account, tacc: _Account, wait: int) -> None:
-        """A waiter runs holding the lock after ``wait`` ns (lock_stat's ``lock_acquired``)."""
+    def granted(self, acc: _Account, tacc: _Account, wait: int, holder_site: str) -> None:
+        """A waiter runs holding the lock after ``wait`` ns (lock_stat's ``lock_acquired``); the
+        lock was held at ``holder_site`` when the wait began."""
         self.acquisitions += 1
-        self.contended += 1
+        self.contentions += 1
         self._wait_raw.append(wait)
         acc.waited(wait)
         tacc.waited(wait)
+        hs = self.holder_sites
+        hs[holder_site] = hs.get(holder_site, 0) + 1
         self.owner_acc = acc
         self.owner_tacc = tacc
         if len(self._wait_raw) >= _FOLD_EVERY:
@@ -241,7 +244,7 @@ class LockStat:
     # -- snapshot --------------------------------------------------------------------------------
     def fold(self) -> None:
         """Move the raw samples into the histograms (uncontended acquisitions as 0 ns waits)."""
-        uncontended = self.acquisitions - self.contended
+        uncontended = self.acquisitions - self.contentions
         self.waits.fold(uncontended - self._zeros_folded)
         self._zeros_folded = uncontended
         self.holds.fold()

@@ -103,10 +103,13 @@ class TaskLockStats:
 class LockStatistics:
     """A frozen snapshot of a :class:`Lock` and of its accounting window.
 
-    ``tasks_waiting`` counts every task blocked in acquire, a fifo wakee in its hand-off window
-    included. Invariant: ``contentions == contended_acquisitions + cancelled_waits + tasks_waiting``, and
-    ``sum(p.count for p in holder_sites) == sum(p.count for p in waiter_sites) == contentions``.
-    ``wait_ns.count == acquisitions``; ``hold_ns.count`` counts releases in the window.
+    A contention is counted when its wait ends in the acquisition, so in every snapshot, however
+    partial, ``contentions == contended_acquisitions <= acquisitions``. Waits that have not ended
+    are labelled separately: ``tasks_waiting`` counts every task blocked in acquire, a fifo wakee
+    in its hand-off window included; waits that ended in cancellation are ``cancelled_waits``.
+    :attr:`waits_begun` is all three. ``sum(p.count for p in holder_sites) == sum(p.count for p in
+    waiter_sites) == contentions``; ``wait_ns.count == acquisitions``; ``hold_ns.count`` counts
+    releases in the window.
     """
 
     name: str
@@ -118,7 +121,9 @@ class LockStatistics:
     owner_site: str | None
     tasks_waiting: int
     acquisitions: int
+    #: Acquisitions that had to wait, counted when the wait ends in the acquisition.
     contentions: int
+    #: The same number, by lock_stat's name for it (``waittime.nr``).
     contended_acquisitions: int
     cancelled_waits: int
     #: fifo: releases that passed ownership straight to a waiter.
@@ -140,3 +145,8 @@ class LockStatistics:
     window_start_ns: int
     window_ns: int
 
+    @property
+    def waits_begun(self) -> int:
+        """Every wait of the window, ended or not (lock_stat's ``lock_contended`` events):
+        ``contentions + cancelled_waits + tasks_waiting``."""
+        return self.contentions + self.cancelled_waits + self.tasks_waiting
