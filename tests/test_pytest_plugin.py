@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -288,12 +289,21 @@ _AUTO = '[tool.pytest.ini_options]\nasyncio_mode = "auto"\nasyncio_default_fixtu
 class TestInATemporaryProject:
     def test_the_mark_alone_in_a_project_that_only_installs_aemu(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO)
-        pytester.makepyfile(test_user=_USER_TESTS)
+        pytester.makepyfile(test_tmp_user=_USER_TESTS)
         result = pytester.runpytest_subprocess(*_QUIET)  # plugins from entry points
         result.assert_outcomes(passed=2)
 
+    def test_readmes_example_runs_as_written(self, pytester: pytest.Pytester) -> None:
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        block = readme.split("<!-- example: test_retry.py -->\n```python\n", 1)[1].split("```", 1)[0]
+        pytester.makepyprojecttoml(_AUTO.replace('"auto"', '"strict"'))  # the mark alone, in strict mode too
+        pytester.makepyfile(test_tmp_retry=block)
+        t0 = time.monotonic()
+        pytester.runpytest(*_QUIET).assert_outcomes(passed=2)
+        assert time.monotonic() - t0 < 10
+
     def test_the_ini_option_and_the_flag_turn_it_on_for_every_test(self, pytester: pytest.Pytester) -> None:
-        pytester.makepyfile(test_all='''
+        pytester.makepyfile(test_tmp_all='''
             import asyncio, pytest
             from aemu.clock import VirtualTimeLoop
 
@@ -312,7 +322,7 @@ class TestInATemporaryProject:
 
     def test_strict_mode_needs_only_the_aemu_mark(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO.replace('"auto"', '"strict"'))
-        pytester.makepyfile(test_strict='''
+        pytester.makepyfile(test_tmp_strict='''
             import asyncio, pytest
             from aemu.clock import VirtualTimeLoop
 
@@ -332,7 +342,7 @@ class TestInATemporaryProject:
             def pytest_asyncio_loop_factories(config, item):
                 return {"mine": MyLoop}
         ''')
-        pytester.makepyfile(test_mix='''
+        pytester.makepyfile(test_tmp_mix='''
             import asyncio, pytest
             from aemu.clock import VirtualTimeLoop
 
@@ -347,7 +357,7 @@ class TestInATemporaryProject:
 
     def test_virtual_clock_turns_it_on_and_teardown_runs_in_virtual_time(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO)
-        pytester.makepyfile(test_clock='''
+        pytester.makepyfile(test_tmp_clock='''
             import asyncio, pytest
             from aemu.clock import now_ns
 
@@ -371,7 +381,7 @@ class TestInATemporaryProject:
 
     def test_an_uncaught_deadlock_fails_the_test_naming_the_blocked_tasks(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO + 'aemu_virtual_time = true\n')
-        pytester.makepyfile(test_stuck='''
+        pytester.makepyfile(test_tmp_stuck='''
             import asyncio
 
             async def test_stuck():
@@ -396,7 +406,7 @@ class TestInATemporaryProject:
 
     def test_executors_leave_no_false_deadlock_at_teardown(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO + 'aemu_virtual_time = true\n')
-        pytester.makepyfile(test_threads='''
+        pytester.makepyfile(test_tmp_threads='''
             import asyncio, time
 
             async def test_to_thread():
@@ -406,7 +416,7 @@ class TestInATemporaryProject:
         result.assert_outcomes(passed=1)
 
     def test_anyio_plugin_asyncio_and_trio(self, pytester: pytest.Pytester) -> None:
-        pytester.makepyfile(test_any='''
+        pytester.makepyfile(test_tmp_any='''
             import anyio, pytest
             from aemu.clock import now_ns
 
@@ -433,7 +443,7 @@ class TestInATemporaryProject:
         pytester.runpytest(*_QUIET, "-p", "no:asyncio").assert_outcomes(passed=2)
 
     def test_anyio_deadlock_is_raised_in_the_test(self, pytester: pytest.Pytester) -> None:
-        pytester.makepyfile(test_any='''
+        pytester.makepyfile(test_tmp_any='''
             import anyio, pytest
             from aemu.errors import SimulationDeadlock
 
@@ -450,7 +460,7 @@ class TestInATemporaryProject:
         pytester.runpytest(*_QUIET, "-p", "no:asyncio").assert_outcomes(passed=1)
 
     def test_anyio_loop_started_in_real_time_by_a_wider_fixture_is_named(self, pytester: pytest.Pytester) -> None:
-        pytester.makepyfile(test_any='''
+        pytester.makepyfile(test_tmp_any='''
             import anyio, pytest
 
             @pytest.fixture(scope="module")
@@ -472,7 +482,7 @@ class TestInATemporaryProject:
 
     def test_a_bad_mark_argument_is_a_collection_error(self, pytester: pytest.Pytester) -> None:
         pytester.makepyprojecttoml(_AUTO)
-        pytester.makepyfile(test_bad='''
+        pytester.makepyfile(test_tmp_bad='''
             import pytest
 
             @pytest.mark.aemu(pace=2)
@@ -481,4 +491,4 @@ class TestInATemporaryProject:
         ''')
         result = pytester.runpytest(*_QUIET)
         assert result.ret != 0
-        assert "test_bad.py::test_x: mark.aemu got unknown argument(s) ['pace']; it takes" in result.stdout.str()
+        assert "test_tmp_bad.py::test_x: mark.aemu got unknown argument(s) ['pace']; it takes" in result.stdout.str()
