@@ -90,6 +90,9 @@ class TestParser:
         (LINE.replace(" name 'rtc'", ""), "expected field 'name'"),
         (LINE.replace("7179@", "7179#"), "bad 'pid@seconds.micros:' prefix"),
         ("garbage", "not a QEMU trace line"),
+        (LINE.replace("cpu 0", "cpu -2"), "field 'cpu': -2 is neither a vCPU index nor -1 (no vCPU)"),
+        ("7179@1795572268.523462:memory_region_", "line cut short: 'memory_region_' is the start of"),
+        ("memory_region_op", "line cut short: 'memory_region_op' is the start of"),
     ])
     def test_malformed_line_names_its_number(self, bad: str, problem: str) -> None:
         with pytest.raises(TraceError) as e:
@@ -116,6 +119,54 @@ class TestParser:
             parse_trace(["1@1.5:pci_cfg_read virtio 0:3 @0x0 -> 0x1af4"])
         with pytest.raises(TraceError, match="no memory_region_ops_read/write lines"):
             parse_trace(["garbage"], lenient=True)
+
+    def test_a_cpu_below_minus_one_is_counted_not_dropped(self) -> None:
+        """Issue 11 item 12: such a line was dropped silently while the report claimed exact counts."""
+        t = parse_trace([LINE, LINE.replace("cpu 0", "cpu -2"), WRITE], lenient=True)
+        assert len(t.accesses) == 2 and t.skipped == 1 and t.skipped_lines == (2,)
+        _, report = replay(t, MachineConfig.parse(SPLIT.format(n=2, series="after")))
+        assert "(1 malformed lines skipped, 0 other events ignored)" in report.format()
+
+    def test_other_events_are_not_lines_cut_short(self) -> None:
+        t = parse_trace(["7179@1795572268.5:memory_region_subpage_read cpu 0 offset 0x0", "memory_region_ops_x",
+                         LINE], lenient=True)
+        assert (t.other_events, t.skipped) == (1, 1)
+
+    def test_dev_null_is_an_empty_file_not_a_missing_one(self) -> None:
+        with pytest.raises(TraceError, match=r"^/dev/null: empty file, not a trace"):
+            load_trace("/dev/null")
+
+    @pytest.mark.parametrize("packed", [False, True])
+    def test_a_binary_file_is_named_never_echoed(self, tmp_path: Path, packed: bool) -> None:
+        data = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) + b"\x1b[2J\x1b[31mRED\n" * 3
+        path = tmp_path / "a.out"
+        path.write_bytes(gzip.compress(data) if packed else data)
+        with pytest.raises(TraceError) as e:
+            load_trace(path)
+        msg = str(e.value)
+        assert msg == (f"{path}:1: not a text trace: binary data at byte offset 7 "
+                       "(the line starts b'\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x01\\x02\\x03')")
+        assert msg.isprintable() and "RED" not in msg
+
+    def test_binary_bytes_inside_a_text_trace(self, tmp_path: Path) -> None:
+        path = tmp_path / "torn.trace"
+        path.write_bytes(LINE.encode() + b"\n" + b"7179@1795572268.5:memory_reg\xff\xfe\x00ion\n" + WRITE.encode() + b"\n")
+        with pytest.raises(TraceError, match=rf":2: not a text trace: binary data at byte offset {len(LINE) + 1 + 28:,} "
+                                             r"\(the line starts b'7179@1795572'\) \(use --lenient"):
+            load_trace(path)
+        t = load_trace(path, lenient=True)
+        assert len(t.accesses) == 2 and t.skipped_lines == (2,) and t.lines == 3
+
+    def test_lines_across_read_blocks(self, monkeypatch: pytest.MonkeyPatch, excerpt: Trace, tmp_path: Path) -> None:
+        import aemu.replay.trace as trace_module
+
+        monkeypatch.setattr(trace_module, "_BLOCK", 7)
+        assert load_trace(EXCERPT) == excerpt
+        monkeypatch.setattr(trace_module, "MAX_LINE_BYTES", 150)
+        assert len(LINE) < 150 and len(WRITE) < 150
+        (tmp_path / "long.trace").write_text(LINE + "\n" + "x" * 200 + "\n" + WRITE)  # no newline at the end
+        t = load_trace(tmp_path / "long.trace", lenient=True)
+        assert len(t.accesses) == 2 and t.skipped == 2 and t.lines == 4  # the long line comes in two pieces
 
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(TraceError, match="no such file"):
@@ -301,6 +352,19 @@ class TestReplayCommand:
         code, out, _ = self._run(capsys, str(one))
         assert code == 0 and "recorded 0; replayed on 1: one recorded stream per vCPU" in out
 
+    def test_dev_null_and_binary_files(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code, _, err = self._run(capsys, "/dev/null")
+        assert code == 2 and err.startswith("aemu: /dev/null: empty file, not a trace") and "no such file" not in err
+        import sys
+
+        code, _, err = self._run(capsys, sys.executable)  # an executable, not a trace
+        assert code == 2 and "not a text trace: binary data at byte offset" in err
+        assert err.endswith("\n") and err[:-1].isprintable()  # one line, no raw bytes
+
+    def test_the_metric_is_in_ms(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code, out, _ = self._run(capsys, str(PC_TRACE))
+        assert code == 0 and re.search(r"metric +time to replay: [\d,.]+ ms\n", out)
+
     def test_an_explicit_smp_wins(self, capsys: pytest.CaptureFixture[str]) -> None:
         code, out, _ = self._run(capsys, str(PC_TRACE), "-M", "pc", "-smp", "3")
         assert code == 0 and "replayed on 3: vCPU 0 replays the BSP stream" in out
@@ -337,7 +401,7 @@ class TestDeviceContextAndTheCap:
         assert result.finished and report.exact_counts and report.replayed == 2 * 2 + 2
         assert max(v.finish_ns for v in result.vcpus) < 1_000_000  # the vCPUs are done long before
         assert result.virtual_ns == 300_000_000 + 300  # the last access, 300 ms in, and its handler
-        assert result.metric.value == result.virtual_ns
+        assert (result.metric.value, result.metric.unit) == (result.virtual_ns / 1e6, "ms")  # ms, as boot time
 
 
 def test_example_smoke_run() -> None:

@@ -7,7 +7,7 @@ trace events ``memory_region_ops_read`` / ``memory_region_ops_write``::
     [pid@seconds.micros:]memory_region_ops_read cpu 0 mr 0x5565... addr 0x71 value 0x0 size 1 name 'rtc'
 
 * ``cpu`` is ``current_cpu->cpu_index``, or -1 when no vCPU is running the access (a device's own
-  DMA or MSI write, e.g. the HPET or AHCI signalling an interrupt).
+  DMA or MSI write, e.g. the HPET or AHCI signalling an interrupt); below -1 the line is malformed.
 * ``addr`` is **absolute**: the accessor passes ``memory_region_to_absolute_addr(mr, addr)``, which
   adds the region's offset and that of every container up to the root of its address space. It is
   an I/O port for regions in the ``I/O`` space and a guest-physical address for regions in
@@ -20,7 +20,9 @@ trace events ``memory_region_ops_read`` / ``memory_region_ops_write``::
 :func:`load_trace` reads a file (plain text or gzip, told apart by the magic bytes) into a
 :class:`Trace` of :class:`Access` records; :func:`parse_trace` does the same for lines already in
 memory. Lines of other trace events are ignored (and counted); anything else is a
-:class:`TraceError` naming the line, unless ``lenient=True``, which skips and counts it.
+:class:`TraceError` naming the line, unless ``lenient=True``, which skips and counts it: so is a
+line cut short inside the event name, and a line that is not UTF-8 text (binary data, named by its
+byte offset and never echoed). A file with no lines at all is an empty file, not a trace.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from ..errors import AemuError
 
@@ -229,7 +232,8 @@ def parse_trace(lines: Iterable[str], *, source: str = "<lines>", lenient: bool 
     """Parse trace lines (see module docstring) into a :class:`Trace`.
 
     Raises :class:`TraceError` for a malformed line (unless ``lenient``), for no lines at all, and
-    for lines without a single access.
+    for lines without a single access. A line :func:`load_trace` found to be binary data is
+    reported by its byte offset, never echoed.
     """
     accesses: list[Access] = []
     append = accesses.append
@@ -246,21 +250,34 @@ def parse_trace(lines: Iterable[str], *, source: str = "<lines>", lenient: bool 
             nonblank += 1
             _pid, sec, frac, op, cpu, _mr, addr, value, size, name = m.groups()
             sz = int(size)
-            if sz in _SIZES:
-                append(Access(n, int(cpu), op == "write", int(addr, 16), int(value, 16), sz, name,
+            index = int(cpu)
+            if sz in _SIZES and index >= -1:
+                append(Access(n, index, op == "write", int(addr, 16), int(value, 16), sz, name,
                               None if sec is None else _time_ns(sec, frac)))
                 continue
-            problem = f"field 'size': {sz} is not 1, 2, 4 or 8"
+            problem = (f"field 'size': {sz} is not 1, 2, 4 or 8" if sz not in _SIZES else
+                       f"field 'cpu': {index} is neither a vCPU index nor -1 (no vCPU)")
         elif not text.strip():
             continue
+        elif isinstance(raw, _BinaryLine):
+            nonblank += 1
+            if not lenient:
+                hint = " (use --lenient to skip malformed lines)" if accesses else ""
+                raise TraceError(f"not a text trace: binary data at byte offset {raw.offset:,} (the line starts "
+                                 f"{raw.head!r}){hint}", source=source, line=n)
+            problem = "binary data"
         else:
             nonblank += 1
-            if "memory_region_ops_" not in text and _OTHER_EVENT_RE.match(text) is not None:
+            event = _event_name(text)
+            if event and any(e.startswith(event) and e != event for e in EVENTS) and text.endswith(event):
+                problem = f"line cut short: {event!r} is the start of {EVENTS[0]!r} or {EVENTS[1]!r}"
+            elif "memory_region_ops_" not in text and _OTHER_EVENT_RE.match(text) is not None:
                 other += 1
                 continue
-            problem = (_diagnose(text) if "memory_region_ops_" in text else
-                       "not a QEMU trace line (expected '[pid@seconds.micros:]memory_region_ops_read|write cpu N "
-                       "mr P addr 0xA value 0xV size S name 'NAME'')")
+            else:
+                problem = (_diagnose(text) if "memory_region_ops_" in text else
+                           "not a QEMU trace line (expected '[pid@seconds.micros:]memory_region_ops_read|write "
+                           "cpu N mr P addr 0xA value 0xV size S name 'NAME'')")
         if not lenient:
             shown = text if len(text) <= 120 else text[:117] + "..."
             raise TraceError(f"{problem}: {shown!r} (use --lenient to skip malformed lines)",
@@ -268,8 +285,11 @@ def parse_trace(lines: Iterable[str], *, source: str = "<lines>", lenient: bool 
         skipped += 1
         if len(skipped_lines) < MAX_SKIPPED_LINES:
             skipped_lines.append(n)
+    if n == 0:
+        raise TraceError("empty file, not a trace (capture one with -trace enable=memory_region_ops_read "
+                         "-trace enable=memory_region_ops_write)", source=source)
     if nonblank == 0:
-        raise TraceError("empty trace: no lines (capture with -trace enable=memory_region_ops_read "
+        raise TraceError("empty trace: only blank lines (capture with -trace enable=memory_region_ops_read "
                          "-trace enable=memory_region_ops_write)", source=source)
     if not accesses:
         what = f"{n:,} lines, {other:,} other events" + (f", {skipped:,} malformed skipped" if skipped else "")
@@ -279,15 +299,74 @@ def parse_trace(lines: Iterable[str], *, source: str = "<lines>", lenient: bool 
     return Trace(source, tuple(accesses), n, skipped, tuple(skipped_lines), other)
 
 
+def _event_name(text: str) -> str:
+    """The trace event's name: the first word after the optional ``pid@seconds.micros:`` prefix."""
+    m = _PREFIX_RE.match(text)
+    rest = text[m.end():] if m is not None else text
+    return rest.split(" ", 1)[0]
+
+
+#: longest line read as one (a QEMU trace line is about 150 bytes); longer ones come in pieces
+MAX_LINE_BYTES = 1 << 16
+_BLOCK = 1 << 20
+
+
+class _BinaryLine(str):
+    """Stands for a line that is not UTF-8 text or holds a NUL: where, and its first bytes."""
+
+    offset: int
+    head: bytes
+
+    def __new__(cls, offset: int, head: bytes) -> _BinaryLine:
+        self = super().__new__(cls, "\0")
+        self.offset = offset
+        self.head = head
+        return self
+
+
 def _open_lines(path: str | os.PathLike[str]) -> Iterator[str]:
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == _GZIP_MAGIC:
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="") as g:
-            yield from g
-    else:
-        with open(path, encoding="utf-8", errors="replace", newline="") as t:
-            yield from t
+    with (gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")) as b:
+        yield from _text_lines(b.read)
+
+
+def _text_lines(read: Callable[[int], bytes]) -> Iterator[str]:
+    """The lines ``read`` gives (without their newline) as UTF-8 text, decoded a block at a time; a line
+    with a NUL or with bytes that are not UTF-8 comes as a :class:`_BinaryLine`."""
+    buf = b""
+    offset = 0  # of buf[0] in the file
+    eof = False
+    while True:
+        if not eof and buf.find(b"\n") < 0 and len(buf) < MAX_LINE_BYTES:
+            block = read(_BLOCK)
+            eof = not block
+            buf += block
+            continue
+        if not buf:
+            return
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:  # the last line, or a piece of one longer than MAX_LINE_BYTES
+            cut = len(buf) if eof else MAX_LINE_BYTES
+        chunk = buf[:cut]
+        bad = chunk.find(b"\0")
+        try:
+            text = chunk.decode()
+        except UnicodeDecodeError as e:
+            bad = e.start if bad < 0 else min(bad, e.start)
+        if bad >= 0:
+            start = chunk.rfind(b"\n", 0, bad) + 1
+            end = chunk.find(b"\n", bad)
+            cut = cut if end < 0 else end + 1
+            text = chunk[:start].decode()
+        lines = text.split("\n")
+        if text.endswith("\n") or not text:
+            lines.pop()
+        yield from lines
+        if bad >= 0:
+            yield _BinaryLine(offset + bad, chunk[start:start + 12])
+        buf = buf[cut:]
+        offset += cut
 
 
 def load_trace(path: str | os.PathLike[str], *, lenient: bool = False, limit: int | None = None) -> Trace:
@@ -299,16 +378,9 @@ def load_trace(path: str | os.PathLike[str], *, lenient: bool = False, limit: in
     try:
         lines: Iterable[str] = _open_lines(path)
         if limit is not None:
-            lines = _take(lines, limit)
+            lines = islice(lines, limit)
         return parse_trace(lines, source=source, lenient=lenient)
     except FileNotFoundError:
         raise TraceError("no such file", source=source) from None
     except (OSError, EOFError, zlib.error) as e:
         raise TraceError(f"cannot read the trace: {e}", source=source) from e
-
-
-def _take(lines: Iterable[str], n: int) -> Iterator[str]:
-    for i, line in enumerate(lines):
-        if i >= n:
-            return
-        yield line
