@@ -700,7 +700,8 @@ class QuantumKeeper:
     ``quantum_ns=0`` is exact lockstep.
     """
 
-    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead", "clock", "_done")
+    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead", "clock", "_done",
+                 "thread")
 
     def __init__(self, quantum_ns: int = 0, *, hold_ahead: bool = False) -> None:
         if isinstance(quantum_ns, bool) or not isinstance(quantum_ns, int) or quantum_ns < 0:
@@ -714,6 +715,9 @@ class QuantumKeeper:
         #: Global virtual time (the attached task's loop clock, read directly on hot paths).
         self.clock: Callable[[], int] = now_ns
         self._done: Awaitable[None] = _DONE
+        #: The host thread it runs on when host CPUs are modelled (:mod:`aemu.sched`), else None:
+        #: then every sync is CPU time spent on one of them.
+        self.thread: Any = None
 
     def attach(self, task: asyncio.Task[Any] | None = None) -> None:
         """Make this the keeper of ``task`` (default: the current task)."""
@@ -745,6 +749,8 @@ class QuantumKeeper:
         off = self.offset_ns
         self.offset_ns = 0
         self.syncs += 1
+        if self.thread is not None:
+            return self.thread.run(off)  # type: ignore[no-any-return]
         return sleep_ns(off)
 
     def delay(self, ns: int) -> Awaitable[None]:

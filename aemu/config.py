@@ -130,6 +130,8 @@ class MachineConfig:
     seed: int = 1
     quantum_ns: int = 10_000
     duration_ns: int | None = None
+    #: physical CPUs the machine's threads share (``--host-cpus``); None: one per thread
+    host_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.machine not in MACHINES:
@@ -145,9 +147,13 @@ class MachineConfig:
             if name in self.patches:
                 for pre in PATCHES[name]:
                     if pre not in self.patches:
-                        raise ConfigError(f"--patch: {name!r} needs {pre!r}, which is off")
+                        raise ConfigError(f"--patch: {name!r} needs {pre!r}, which is off; turn {pre!r} on, "
+                                          f"or {name!r} off too (--patch -{pre},-{name})")
         if self.quantum_ns < 0:
             raise ConfigError(f"--quantum: must be >= 0 ns, got {self.quantum_ns}")
+        if self.host_cpus is not None and (isinstance(self.host_cpus, bool) or not isinstance(self.host_cpus, int)
+                                           or not 1 <= self.host_cpus <= MAX_CPUS):
+            raise ConfigError(f"--host-cpus: must be an integer from 1 to {MAX_CPUS}, got {self.host_cpus!r}")
         if self.duration_ns is not None and self.duration_ns <= 0:
             raise ConfigError(f"--duration: must be positive, got {self.duration_ns} ns")
 
@@ -171,7 +177,7 @@ class MachineConfig:
             "workload_params": dict(self.workload_params), "series": self.series,
             "patches": sorted(self.patches, key=list(PATCHES).index), "lockless": list(self.lockless),
             "lock_policy": self.lock_policy, "seed": self.seed, "quantum_ns": self.quantum_ns,
-            "duration_ns": self.duration_ns, "costs": self.costs.to_dict(),
+            "duration_ns": self.duration_ns, "host_cpus": self.host_cpus, "costs": self.costs.to_dict(),
         }
 
     def qemu_args(self) -> str:
@@ -243,6 +249,8 @@ class MachineConfig:
                 kw["duration_ns"] = parse_duration(inline, opt)
             elif opt == "--lock-policy":
                 kw["lock_policy"] = inline
+            elif opt == "--host-cpus":
+                kw["host_cpus"] = _int(opt, inline)
             elif opt == "--param":
                 key, eq2, val = inline.partition("=")
                 if not eq2 or not key:
@@ -263,7 +271,7 @@ class MachineConfig:
 
 
 _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs", "--seed", "--quantum",
-                    "--duration", "--lock-policy", "--param"}
+                    "--duration", "--lock-policy", "--param", "--host-cpus"}
 
 #: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
 #: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.

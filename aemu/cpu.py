@@ -217,7 +217,8 @@ class VCPUAccount:
 
     MAX_EXACT_VALUES = 4096
 
-    __slots__ = ("exits", "interrupts", "guest_ns", "exit_ns", "halted_ns", "samples", "_counts", "_coarse")
+    __slots__ = ("exits", "interrupts", "guest_ns", "exit_ns", "halted_ns", "runnable_ns", "runnable_in_lock_ns",
+                 "samples", "_counts", "_coarse")
 
     def __init__(self) -> None:
         self.exits: Counter[str] = Counter()
@@ -225,6 +226,9 @@ class VCPUAccount:
         self.guest_ns = 0
         self.exit_ns = 0
         self.halted_ns = 0
+        #: waiting for a host CPU (``--host-cpus``), in all; and the part of it inside lock waits
+        self.runnable_ns = 0
+        self.runnable_in_lock_ns = 0
         #: region name -> latency samples not folded yet
         self.samples: dict[str, array[int]] = {}
         self._counts: dict[str, Counter[int]] = {}
@@ -466,6 +470,8 @@ class VCPU:
                     await k.sync()
                 except BaseException:
                     pass
+            if k.thread is not None:  # the thread ends: its host CPU goes to another
+                k.thread.block()
             k.detach()
         self.finished = True
         self.finish_ns = clock.now_ns()
@@ -615,8 +621,11 @@ class VCPU:
             await self.kvm_arch_post_run()
         t0 = clock.now_ns()
         loop = asyncio.get_running_loop()
+        thread = k.thread
         try:
             while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
+                if thread is not None:  # the vCPU thread sleeps: its host CPU goes to another
+                    thread.block()
                 self.halted = True
                 self._wake = loop.create_future()
                 try:
@@ -628,6 +637,8 @@ class VCPU:
             acct.halted_ns += clock.now_ns() - t0
             if b.tracer is not None:
                 b.tracer.span(self.name, "halted", t0, clock.now_ns())
+        if thread is not None:  # woken: it runs once it has a host CPU (runnable time)
+            await thread.host.dispatch(thread)
         if b.kernel_irqchip == "off":
             t1 = clock.now_ns()
             async with b.bql.held("qemu_wait_io_event"):

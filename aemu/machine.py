@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import clock
 from .config import MachineConfig
+from .sched import HostCPUs
 from .cpu import VCPU, GuestProgram
 from .devices.acpi_pm import ACPIPMTimer
 from .devices.base import Device, DeviceHost
@@ -35,7 +36,7 @@ from .devices.pci import PCIHost
 from .devices.pit import PITState
 from .devices.rtc import RTCState
 from .devices.serial import SerialState
-from .errors import ConfigError
+from .errors import ConfigError, NeedsAsyncioError
 from .memory import AddressSpace, MemoryRegion, MemoryRegionOps
 from .result import RegionLatency, region_latency
 from .sync import Lock
@@ -164,6 +165,12 @@ class Machine:
         # vCPUs first (the irqchip needs them), programs later
         n = config.smp.cpus
         self.vcpus: list[VCPU] = [VCPU(self, i, _no_program(), quantum_ns=config.quantum_ns) for i in range(n)]
+        #: the host CPUs the vCPU threads share, when fewer than the threads (``--host-cpus``)
+        self.host_cpus: HostCPUs | None = None
+        if config.host_cpus is not None and config.host_cpus < n:
+            self.host_cpus = HostCPUs(config.host_cpus)
+            for cpu in self.vcpus:
+                cpu.keeper.thread = self.host_cpus.thread(cpu.name, cpu.account)
 
         # devices
         self.devices: list[Device] = []
@@ -318,7 +325,10 @@ class Machine:
         """
         if self._tasks:
             raise RuntimeError("the machine is running already: stop() it first")
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio, or called outside async code
+            raise NeedsAsyncioError("Machine.start") from None
         self._t0 = time.perf_counter()
         self.host.main_loop.start()
         for cpu in self.vcpus:

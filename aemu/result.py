@@ -91,7 +91,10 @@ def _accesses(counts: LatencyCounts | array[int]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class VCPUResult:
-    """One vCPU's accounting; ``guest + exit + lock_wait + halted == elapsed``."""
+    """One vCPU's accounting; ``guest + exit + lock_wait + runnable + halted == elapsed``.
+
+    ``runnable`` is time waiting for a host CPU (``--host-cpus``); the part of it spent after a
+    futex wake-up, before the lock is taken, is not in ``lock_wait``."""
 
     index: int
     exits: int
@@ -106,11 +109,12 @@ class VCPUResult:
     finished: bool
     start_ns: int
     finish_ns: int
+    runnable_ns: int = 0
 
     @property
     def elapsed_ns(self) -> int:
-        """guest + exit + lock_wait + halted: the vCPU's elapsed virtual time."""
-        return self.guest_ns + self.exit_ns + self.lock_wait_ns + self.halted_ns
+        """guest + exit + lock_wait + runnable + halted: the vCPU's elapsed virtual time."""
+        return self.guest_ns + self.exit_ns + self.lock_wait_ns + self.runnable_ns + self.halted_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,9 @@ class Result:
     interrupted: bool = False
     #: True for a workload that runs until stopped (``idle``): ending at --duration is its normal end.
     open_ended: bool = False
+    #: What ``aemu check`` / ``aemu run --check`` found (:meth:`aemu.check.CheckReport.to_dict`),
+    #: or None for a run without the checker (the document then has no ``check`` key).
+    check: dict[str, Any] | None = None
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -148,11 +155,18 @@ class Result:
         for c in m.vcpus:
             w = waits.get(c.name, {})
             total_wait = sum(w.values())
+            a = c.account
+            lock_wait = total_wait - a.runnable_in_lock_ns
+            # exit handling (pre/post_run included) is the rest of the vCPU's elapsed time: without
+            # host CPUs that is exactly the exit spans less lock waits; with them, the spans
+            # also hold waits for a CPU, which are booked as runnable
+            end = c.finish_ns if c.finished else m.finish_ns
+            exit_ns = end - c.start_ns - c.guest_ns - lock_wait - a.runnable_ns - c.halted_ns
             vcpus.append(VCPUResult(
                 c.index, sum(c.exits.values()), dict(c.exits),
                 {name: _accesses(lat) for name, lat in c.latency.items()}, c.interrupts,
-                c.guest_ns, c.exit_ns - total_wait, total_wait, w, c.halted_ns, c.finished,
-                c.start_ns, c.finish_ns))
+                c.guest_ns, exit_ns, lock_wait, w, c.halted_ns, c.finished,
+                c.start_ns, c.finish_ns, a.runnable_ns))
         names = sorted({n for c in m.vcpus for n in c.latency})
         regions = tuple(region_latency(n, [c.latency[n] for c in m.vcpus if n in c.latency]) for n in names)
         counts: dict[str, tuple[int, int]] = {}
@@ -183,7 +197,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """The versioned result document (schema ``aemu.result/1``, see README)."""
-        return {
+        doc = {
             "schema": SCHEMA,
             "config": self.config.to_dict(),
             "virtual_ns": self.virtual_ns,
@@ -195,7 +209,7 @@ class Result:
             "vcpus": [{"index": v.index, "exits": v.exits, "exits_by_kind": v.exits_by_kind,
                        "interrupts": v.interrupts, "finished": v.finished,
                        "time_ns": {"guest": v.guest_ns, "exit": v.exit_ns, "lock_wait": v.lock_wait_ns,
-                                   "halted": v.halted_ns},
+                                   "runnable": v.runnable_ns, "halted": v.halted_ns},
                        "lock_wait_ns": v.lock_wait_by_lock} for v in self.vcpus],
             "regions": [{"name": r.name, "reads": self.region_counts.get(r.name, (0, 0))[0],
                          "writes": self.region_counts.get(r.name, (0, 0))[1], "accesses": r.count,
@@ -204,6 +218,9 @@ class Result:
             "series": {"bql_utilisation": {"bin_ns": self.bql_utilisation_bin_ns,
                                            "values": [round(f, 4) for _, f in self.bql_utilisation]}},
         }
+        if self.check is not None:
+            doc["check"] = self.check
+        return doc
 
 
 def _time_dict(ts: Any) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class TestAccounting:
         bql = d["locks"]["bql"]
         assert set(bql["wait_ns"]) >= {"min", "max", "total", "mean", "p50", "p90", "p99"}
         assert bql["sites"][0]["wait_ns_total"] >= bql["sites"][-1]["wait_ns_total"]
-        assert {"guest", "exit", "lock_wait", "halted"} == set(d["vcpus"][0]["time_ns"])
+        assert {"guest", "exit", "lock_wait", "runnable", "halted"} == set(d["vcpus"][0]["time_ns"])
         tmr = next(x for x in d["regions"] if x["name"] == "acpi-tmr")
         assert tmr["reads"] == 10 and tmr["latency_ns"]["p50"] > 0
 

@@ -181,7 +181,7 @@ class TestDocument:
         for doc, v in zip(d["vcpus"], boot.vcpus):
             assert list(doc) == ["index", "exits", "exits_by_kind", "interrupts", "finished", "time_ns", "lock_wait_ns"]
             assert doc["time_ns"] == {"guest": v.guest_ns, "exit": v.exit_ns, "lock_wait": v.lock_wait_ns,
-                                      "halted": v.halted_ns}
+                                      "runnable": v.runnable_ns, "halted": v.halted_ns}
         for doc, r in zip(d["regions"], boot.regions, strict=True):
             assert doc == {"name": r.name, "reads": boot.region_counts[r.name][0],
                            "writes": boot.region_counts[r.name][1], "accesses": r.count,

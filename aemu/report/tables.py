@@ -161,15 +161,13 @@ def _regions(result: Result) -> _Table:
                   ("region", "accesses", "p50 µs", "p90 µs", "p99 µs", "max µs"), rows)
 
 
-_VCPU_HEADERS = ("vCPU", "exits", "guest ms", "%", "exit ms", "%", "lock wait ms", "%", "halted ms", "%",
-                 "interrupts")
-
-
-def _vcpu_values(v: VCPUResult) -> tuple[float, ...]:
-    """exits, then (ns, share of elapsed) for guest/exit/lock wait/halted, then interrupts."""
+def _vcpu_values(v: VCPUResult, runnable: bool) -> tuple[float, ...]:
+    """exits, then (ns, share of elapsed) for guest/exit/lock wait/[runnable/]halted, then interrupts."""
     elapsed = v.elapsed_ns
     out: list[float] = [v.exits]
-    for ns in (v.guest_ns, v.exit_ns, v.lock_wait_ns, v.halted_ns):
+    times = (v.guest_ns, v.exit_ns, v.lock_wait_ns, v.runnable_ns, v.halted_ns) if runnable else \
+        (v.guest_ns, v.exit_ns, v.lock_wait_ns, v.halted_ns)
+    for ns in times:
         out += [ns, ns / elapsed if elapsed else 0.0]
     out.append(v.interrupts)
     return tuple(out)
@@ -177,24 +175,28 @@ def _vcpu_values(v: VCPUResult) -> tuple[float, ...]:
 
 def _vcpu_cells(label: str, values: Sequence[float]) -> tuple[str, ...]:
     cells = [label, f"{round(values[0]):,}"]
-    for i in range(1, 9, 2):
+    for i in range(1, len(values) - 1, 2):
         cells += [_ms(values[i]), _pct(values[i + 1])]
-    cells.append(f"{round(values[9]):,}")
+    cells.append(f"{round(values[-1]):,}")
     return tuple(cells)
 
 
 def _vcpus(result: Result) -> _Table:
+    """Per-vCPU time by state; with ``--host-cpus``, time runnable but waiting for a CPU too."""
+    runnable = result.config.host_cpus is not None
+    states = ("guest", "exit", "lock wait", "runnable", "halted") if runnable else ("guest", "exit", "lock wait", "halted")
+    headers = ("vCPU", "exits", *(h for state in states for h in (f"{state} ms", "%")), "interrupts")
     vcpus = result.vcpus
     shown = vcpus[:MAX_VCPU_ROWS]
-    rows = tuple(_vcpu_cells(str(v.index), _vcpu_values(v)) for v in shown)
+    rows = tuple(_vcpu_cells(str(v.index), _vcpu_values(v, runnable)) for v in shown)
     note = f"… {len(vcpus) - len(shown)} more vCPUs" if len(vcpus) > len(shown) else ""
     footer: tuple[tuple[str, ...], ...] = ()
     if len(vcpus) > 1:
-        columns = list(zip(*(_vcpu_values(v) for v in vcpus)))
+        columns = list(zip(*(_vcpu_values(v, runnable) for v in vcpus)))
         pick: tuple[tuple[str, Callable[[Sequence[float]], float]], ...] = (
             ("min", min), ("median", statistics.median), ("max", max))
         footer = tuple(_vcpu_cells(label, [fn(col) for col in columns]) for label, fn in pick)
-    return _Table("vCPUs (guest + exit + lock wait + halted = elapsed)", _VCPU_HEADERS, rows, note, footer)
+    return _Table(f"vCPUs ({' + '.join(states)} = elapsed)", headers, rows, note, footer)
 
 
 def run_report_sections(result: Result) -> tuple[_Section, ...]:

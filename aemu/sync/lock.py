@@ -339,11 +339,16 @@ class Lock:
             w.queued = True
             self._queue.append(w)
             new_future = self._new_future
+            thread = k.thread if k is not None else None
             try:
                 while True:
                     fut = w.fut = new_future()
+                    if thread is not None:  # futex_wait: the thread sleeps, its CPU goes to another
+                        thread.block()
                     await fut
                     w.handle = None
+                    if thread is not None:  # woken: it runs (and competes again) once it has a CPU
+                        await thread.woken_for_lock()
                     if self._owner is None:  # barging: the lock is still free when we arrive
                         self._owner = task
                         self._owner_site = site

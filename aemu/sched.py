@@ -1,0 +1,177 @@
+"""Host CPUs: the machine's threads share ``--host-cpus N`` physical CPUs, as Linux schedules them.
+
+QEMU runs one thread per vCPU plus the main-loop thread; with ``-smp 240`` on a 32-core host at
+most 32 of them run at once. Here each vCPU's :class:`~aemu.clock.QuantumKeeper` carries a
+:class:`HostThread`, and every stretch of work the vCPU does (guest compute, exit handling,
+handler work under a lock: what ``QuantumKeeper.sync`` sleeps) runs on a CPU:
+
+* A runnable thread with no CPU waits in the run queue; its wait is booked as *runnable* time.
+* A thread keeps its CPU for a time slice; when the slice is used up and others are queued, it
+  is preempted and goes to the tail of the queue -- holding whatever locks it holds (lock-holder
+  preemption).
+* A thread that blocks -- waits for a futex (a contended lock) or halts -- gives its CPU up; when
+  it is woken it queues for a CPU again before it runs.
+
+The slice is EEVDF's (Linux >= 6.6, kernel/sched/fair.c): ``sysctl_sched_base_slice`` 0.75 ms
+scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_update_scaling``),
+3 ms on 8 or more CPUs; under CFS, ``sched_min_granularity`` scales the same way to the same
+3 ms, which is the slice whenever more than ``sched_latency/min_granularity`` = 8 threads share
+a CPU. The run queue is one FIFO for all CPUs. Assumptions: load balancing is perfect (a thread
+runs on whichever CPU frees first), all threads have the default weight (nice 0), and a woken
+thread queues at the tail (no wake-up preemption; EEVDF's lag-based placement is not modelled).
+With at least as many CPUs as threads nobody ever queues and the model costs nothing: the
+machine then attaches no :class:`HostThread` at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Protocol
+
+from .clock import now_ns, sleep_ns
+from .errors import ConfigError
+
+__all__ = ["HostCPUs", "HostThread", "eevdf_slice_ns"]
+
+BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_granularity (CFS)
+
+
+def eevdf_slice_ns(ncpus: int) -> int:
+    """The scheduler's time slice on ``ncpus`` CPUs: 0.75 ms x (1 + ilog2(min(ncpus, 8)))."""
+    return BASE_SLICE_NS * (1 + (min(max(ncpus, 1), 8).bit_length() - 1))
+
+
+class Books(Protocol):
+    """Where a thread's runnable time is booked (a vCPU's :class:`~aemu.cpu.VCPUAccount`)."""
+
+    runnable_ns: int
+    runnable_in_lock_ns: int
+
+
+class HostThread:
+    """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
+
+    __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions")
+
+    def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
+        self.host = host
+        self.name = name
+        self.on_cpu = False
+        self.ran_ns = 0  # CPU time used in the current slice
+        self.books = books
+        self.preemptions = 0
+        self._wakeup: asyncio.Future[None] | None = None
+
+    async def run(self, ns: int) -> None:
+        """Spend ``ns`` of CPU time: queue for a CPU if it has none, be preempted at slice ends."""
+        host = self.host
+        while True:
+            if not self.on_cpu:
+                await host.dispatch(self)
+            left = host.slice_ns - self.ran_ns
+            if ns <= left:
+                self.ran_ns += ns
+                await sleep_ns(ns)
+                return
+            if left > 0:
+                self.ran_ns += left
+                ns -= left
+                await sleep_ns(left)
+            if host.queue:  # the slice is used up and somebody waits: preempted
+                self.preemptions += 1
+                host.put_back(self)
+            else:
+                self.ran_ns = 0  # nobody waits: a new slice on the same CPU
+
+    async def woken_for_lock(self) -> None:
+        """Woken from a futex wait: it runs (and competes for the lock again) once it has a CPU;
+        that wait is runnable time inside the lock wait."""
+        waited = await self.host.dispatch(self)
+        if self.books is not None:
+            self.books.runnable_in_lock_ns += waited
+
+    def block(self) -> None:
+        """The thread sleeps (futex wait, HLT): its CPU goes to the next queued thread."""
+        if self.on_cpu:
+            self.host.release(self)
+
+    def __repr__(self) -> str:
+        return f"<HostThread {self.name} {'running' if self.on_cpu else 'off cpu'}>"
+
+
+class HostCPUs:
+    """``n`` physical CPUs shared by the threads attached to them (see the module docstring)."""
+
+    __slots__ = ("n", "slice_ns", "free", "queue", "threads", "dispatches")
+
+    def __init__(self, n: int, slice_ns: int | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"host CPUs must be a positive integer, got {n!r}")
+        self.n = n
+        self.slice_ns = eevdf_slice_ns(n) if slice_ns is None else slice_ns
+        self.free = n
+        self.queue: deque[HostThread] = deque()
+        self.threads: list[HostThread] = []
+        self.dispatches = 0
+
+    def thread(self, name: str, books: Books | None = None) -> HostThread:
+        """A new thread on these CPUs (not running until it first needs a CPU)."""
+        t = HostThread(self, name, books)
+        self.threads.append(t)
+        return t
+
+    async def dispatch(self, t: HostThread) -> int:
+        """Give ``t`` a CPU: a free one at once, else wait in the run queue; returns the wait
+        (runnable time, booked to the thread)."""
+        waited = 0
+        if t.on_cpu:
+            return 0
+        if self.free and not self.queue:
+            self.free -= 1
+        else:
+            loop = asyncio.get_running_loop()
+            fut = t._wakeup = loop.create_future()
+            self.queue.append(t)
+            t0 = now_ns()
+            try:
+                await fut
+            except BaseException:
+                t._wakeup = None
+                if t in self.queue:
+                    self.queue.remove(t)
+                elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
+                    self._hand_on()
+                raise
+            t._wakeup = None
+            waited = now_ns() - t0
+            if t.books is not None:
+                t.books.runnable_ns += waited
+        t.on_cpu = True
+        t.ran_ns = 0
+        self.dispatches += 1
+        return waited
+
+    def put_back(self, t: HostThread) -> None:
+        """``t`` is preempted: its CPU goes to the head of the queue, ``t`` waits at the tail."""
+        t.on_cpu = False
+        self._hand_on()
+
+    def release(self, t: HostThread) -> None:
+        """``t`` blocks: its CPU goes to the next queued thread, or becomes free."""
+        t.on_cpu = False
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        while self.queue:
+            nxt = self.queue.popleft()
+            w = nxt._wakeup
+            if w is not None and not w.done():
+                w.set_result(None)
+                return
+        self.free += 1
+
+    def statistics(self) -> dict[str, int]:
+        """Dispatches, preemptions and the run queue's length now."""
+        return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
+                "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queue)}

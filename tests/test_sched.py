@@ -1,0 +1,101 @@
+"""Host CPUs (aemu.sched): threads share N CPUs in time slices, blocked threads give theirs up."""
+
+from __future__ import annotations
+
+import pytest
+
+from aemu import MachineConfig, clock, simulate
+from aemu.errors import ConfigError
+from aemu.machine import Machine
+from aemu.sched import HostCPUs, eevdf_slice_ns
+
+MS = 1_000_000
+
+
+class Books:
+    def __init__(self) -> None:
+        self.runnable_ns = 0
+        self.runnable_in_lock_ns = 0
+
+
+def test_slice_follows_eevdf_scaling() -> None:
+    assert [eevdf_slice_ns(n) for n in (1, 2, 4, 8, 32, 240)] == [
+        750_000, 1_500_000, 2_250_000, 3_000_000, 3_000_000, 3_000_000]
+
+
+def test_two_threads_on_one_cpu_take_turns_in_slices() -> None:
+    log: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        host = HostCPUs(1, slice_ns=3 * MS)
+        books = {name: Books() for name in "ab"}
+        threads = {name: host.thread(name, books[name]) for name in "ab"}
+
+        async def work(name: str) -> None:
+            await threads[name].run(10 * MS)
+            log.append((name, clock.now_ns()))
+            threads[name].block()
+
+        await _gather(work("a"), work("b"))
+        assert books["a"].runnable_ns == 9 * MS  # waited while b ran three slices
+        assert books["b"].runnable_ns == 10 * MS  # waited for a's first slice and three more
+        assert host.statistics()["preemptions"] == 6
+
+    clock.run(main())
+    # a: 0-3, b: 3-6, a: 6-9, b: 9-12, a: 12-15, b: 15-18, a: 18-19 done, b: 19-20 done
+    assert log == [("a", 19 * MS), ("b", 20 * MS)]
+
+
+async def _gather(*aws: object) -> None:
+    import asyncio
+
+    await asyncio.gather(*aws)  # type: ignore[arg-type]
+
+
+def test_a_thread_alone_is_never_preempted() -> None:
+    async def main() -> None:
+        host = HostCPUs(2, slice_ns=1 * MS)
+        t = host.thread("a")
+        await t.run(10 * MS)
+        assert clock.now_ns() == 10 * MS
+        assert host.statistics()["preemptions"] == 0
+
+    clock.run(main())
+
+
+def config(extra: str) -> str:
+    return f"-M q35,hpet=on -smp 8 -accel kvm,kernel-irqchip=split --workload hpet-bench {extra}"
+
+
+def test_enough_host_cpus_attach_no_scheduler() -> None:
+    m = Machine(MachineConfig.parse(config("--host-cpus 8")))
+    assert m.host_cpus is None and all(c.keeper.thread is None for c in m.vcpus)
+    a = simulate(config("--host-cpus 8 --series before"))
+    b = simulate(config("--series before"))
+    assert a.metric == b.metric and a.vcpus == b.vcpus
+
+
+def test_oversubscribed_vcpus_wait_runnable_and_time_adds_up() -> None:
+    reads = 4000  # 4000 x 3 us = 12 ms of CPU per vCPU: four 3 ms slices
+    alone = simulate(config(f"--series after --param reads={reads}"))
+    shared = simulate(config(f"--series after --param reads={reads} --host-cpus 2"))
+    assert shared.finished
+    for v in shared.vcpus:
+        assert v.elapsed_ns == v.finish_ns - v.start_ns
+        assert v.runnable_ns > 0
+    # 8 threads on 2 CPUs: the run takes 4x as long as with a CPU each
+    assert shared.virtual_ns == pytest.approx(4 * alone.virtual_ns, rel=0.05)
+
+
+def test_threads_blocked_on_the_bql_give_their_cpu_up() -> None:
+    r = simulate(config("--series before --param reads=2000 --host-cpus 2 --lock-policy barging"))
+    assert r.finished
+    assert sum(v.lock_wait_ns for v in r.vcpus) > 0
+    for v in r.vcpus:
+        assert v.elapsed_ns == v.finish_ns - v.start_ns
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "5000"])
+def test_host_cpus_must_be_a_positive_integer(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--host-cpus"):
+        MachineConfig.parse(config(f"--host-cpus {bad}"))
