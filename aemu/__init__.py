@@ -14,6 +14,9 @@ The public API, re-exported here:
   :class:`Result` (``result.to_dict()`` is the ``aemu.result/1`` document), :class:`Machine`,
   :class:`CostModel`, guest exits (:class:`PIORead`, :class:`MMIORead`, :class:`Compute`,
   :class:`Halt`, ...) and :class:`Workload` for guest programs of your own;
+* the checker (:mod:`aemu.check`): :func:`check` runs a machine in checker mode and returns a
+  :class:`CheckReport` whose ``findings`` name races, IRQ updates without the BQL and lock-order
+  inversions (``aemu check``);
 * embedding (:mod:`aemu.embed`): :func:`simulate_async` and :func:`live` (snapshots) for asyncio,
   uvloop and trio apps, :func:`run_realtime` on the app's own loop;
 * errors (:mod:`aemu.errors`).
@@ -76,6 +79,7 @@ from .sync import (
 from .workloads import Workload
 from .workloads import register as register_workload
 
+from .check import CheckReport, Finding, check  # noqa: E402  (the function shadows the module: aemu.check(...))
 __version__ = "0.1.0"
 
 __all__ = [
@@ -93,4 +97,5 @@ __all__ = [
     "Result", "Workload", "Metric", "register_workload",
     "Snapshot", "live", "run_realtime", "simulate_async",
     "__version__",
+    "CheckReport", "Finding", "check",
 ]

@@ -9,7 +9,7 @@ device on a lockless path must take the BQL around its IRQ updates (as the HPET 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .sync import bql_locked
 
@@ -46,6 +46,10 @@ class InterruptTarget(Protocol):
 #: ``handler(n, level)``: what a line drives (``qemu_irq_handler`` without the opaque).
 IRQHandler = Callable[[int, int], None]
 
+#: The active :class:`aemu.check.Checker` while ``aemu check`` runs, else None: a line set without
+#: the BQL is then reported (``irq-without-bql``) and applied instead of raising.
+checker: Any = None
+
 
 class IRQLine:
     """One interrupt line (``qemu_irq``): ``set(level)``, ``raise_()``, ``lower()``, ``pulse()``."""
@@ -62,7 +66,7 @@ class IRQLine:
 
     def set(self, level: int) -> None:
         """``qemu_set_irq``: drive the line to ``level`` (the caller must hold the BQL)."""
-        if self.check_bql and not bql_locked():
+        if self.check_bql and not bql_locked() and (checker is None or not checker.irq_without_bql(self)):
             raise RuntimeError(
                 f"IRQ line {self.name!r} set without the BQL; since QEMU's follow-up to the "
                 f"BQL-free series, qemu_set_irq needs the BQL held")

@@ -1,6 +1,7 @@
 """The switches of QEMU's BQL-free PIO/MMIO series, in patch order: the one list of them.
 
-Each switch turns on one step of the series; a switch may need earlier ones on. The set of switches
+Each switch turns on one step of the series, or (``hpet-irq-bql``) the follow-up fix merged with
+it in QEMU 10.2; a switch may need earlier ones on. The set of switches
 that are on lives in :attr:`aemu.devices.base.DeviceHost.patches` (a plain ``set``, read by the
 vCPU loop and the devices); :func:`check_patches` validates a whole set and :func:`set_patch` flips
 one, both raising :class:`aemu.errors.ConfigError` with a message a user can act on.
@@ -14,7 +15,7 @@ from types import MappingProxyType
 
 from .errors import ConfigError
 
-__all__ = ["PATCHES", "SWITCHES", "Patch", "check_patches", "set_patch"]
+__all__ = ["ABLATION", "PATCHES", "SWITCHES", "Patch", "check_patches", "set_patch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +43,18 @@ SWITCHES: tuple[Patch, ...] = (
           "HPET main-counter reads take no lock (state_version sequence lock)"),
     Patch("irqchip-pre-run", (), "6/6",
           "kvm_arch_pre_run takes the BQL only when an interrupt needs it"),
+    Patch("hpet-irq-bql", (), "fix",
+          "the HPET takes the BQL around its IRQ updates (QEMU commit d99041a20328, the follow-up "
+          "to 3/6); off, it raises its IRQ under its own mutex only, as the merged 3/6 did"),
 )
 
 #: Switch name -> its prerequisites, in patch order (read-only).
 PATCHES: Mapping[str, tuple[str, ...]] = MappingProxyType({p.name: p.needs for p in SWITCHES})
+
+#: The switches ``aemu compare``'s ablation turns off one at a time: the six patches of the series.
+#: The follow-up fix (part "fix") is a correctness fix, not a step of the speed-up: ``aemu check``
+#: shows what turning it off breaks (:mod:`aemu.check`).
+ABLATION: tuple[str, ...] = tuple(p.name for p in SWITCHES if p.part != "fix")
 
 
 def _unknown(name: str) -> ConfigError:

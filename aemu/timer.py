@@ -21,6 +21,10 @@ __all__ = ["MainLoop", "QEMUTimer"]
 
 TimerCallback = Callable[[], "None | Awaitable[None]"]
 
+#: The active :class:`aemu.check.Checker` while ``aemu check`` runs, else None: it is told which
+#: timer's callback runs (device state the callback touches is attributed to it).
+checker: Any = None
+
 
 class QEMUTimer:
     """A ``QEMUTimer`` on ``QEMU_CLOCK_VIRTUAL``; its callback runs in the main loop under the BQL."""
@@ -126,6 +130,8 @@ class MainLoop:
                     await clock.sleep_ns(self.timer_cb_ns)
                     timer.fired += 1
                     self.callbacks += 1
+                    if checker is not None:
+                        checker.timer_callback(timer)
                     r: Any = timer.cb()
                     if timer._is_coro:
                         await r

@@ -52,6 +52,8 @@ class Tracer:
     dropped: int = 0
     #: Loop time of the run's start: spans are recorded relative to it.
     origin_ns: int = 0
+    #: Instant events ``(track, name, ns)``: the accesses of ``aemu check`` findings.
+    instants: list[tuple[str, str, int]] = field(default_factory=list)
 
     def span(self, track: str, name: str, start_ns: int, end_ns: int) -> None:
         """Record one span (clipped to the window; dropped and counted when full)."""
@@ -67,6 +69,11 @@ class Tracer:
         if self.window_end_ns is not None and end_ns > self.window_end_ns:
             end_ns = self.window_end_ns
         self.spans.append((track, name, start_ns, end_ns))
+
+    def instant(self, track: str, name: str, at_ns: int) -> None:
+        """Record an instant event on ``track`` at loop time ``at_ns`` (not windowed, not capped:
+        a checker's findings are few)."""
+        self.instants.append((track, name, at_ns - self.origin_ns))
 
     @property
     def truncated(self) -> bool:

@@ -173,7 +173,8 @@ class TestSwitches:
 
     def test_in_patch_order_with_prerequisites_first(self) -> None:
         assert list(PATCHES) == [p.name for p in SWITCHES] == [
-            "lockless-io", "pmtimer-lockless", "hpet-lock", "hpet-counter-lockless", "irqchip-pre-run"]
+            "lockless-io", "pmtimer-lockless", "hpet-lock", "hpet-counter-lockless", "irqchip-pre-run",
+            "hpet-irq-bql"]
         order = list(PATCHES)
         for p in SWITCHES:
             assert PATCHES[p.name] == p.needs and p.part and p.summary

@@ -26,8 +26,9 @@ TN_LEVEL, TN_ENABLE, TN_PERIODIC, TN_SETVAL, TN_32BIT = 0x2, 0x4, 0x8, 0x40, 0x1
 U64 = (1 << 64) - 1
 
 BEFORE: tuple[str, ...] = ()
-HPET_LOCK = ("lockless-io", "hpet-lock")
-COUNTER_LOCKLESS = ("lockless-io", "hpet-lock", "hpet-counter-lockless")
+# QEMU 10.2 as merged: each step of the series with the follow-up fix (IRQ updates under the BQL)
+HPET_LOCK = ("lockless-io", "hpet-lock", "hpet-irq-bql")
+COUNTER_LOCKLESS = ("lockless-io", "hpet-lock", "hpet-counter-lockless", "hpet-irq-bql")
 ALL_SWITCH_SETS = pytest.mark.parametrize("patches", [BEFORE, HPET_LOCK, COUNTER_LOCKLESS],
                                           ids=["before", "hpet-lock", "counter-lockless"])
 

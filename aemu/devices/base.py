@@ -21,13 +21,23 @@ A device gets a host at construction and uses it for everything outside its own 
 Handlers are ``read(offset, size) -> int`` / ``write(offset, value, size)``: plain functions when
 they never wait, coroutine functions when they take a lock or spend time. They charge their own
 cost with ``await host.delay(...)`` (under the lock the access holds, if any).
+
+Checker mode (``aemu check``, :func:`aemu.check`) watches every instance attribute of a
+:class:`Device` -- user-written devices included, no annotations -- by giving each device of
+the machine, for the run, a subclass whose ``__getattribute__``/``__setattr__`` report the access
+(:mod:`aemu.check.watch`). Nothing is installed otherwise: a device costs the same as without the
+checker. Two class attributes tell the checker what is not shared state: ``atomic_fields``, the
+fields the device accesses atomically (QEMU's ``qatomic_read``/``qatomic_set``), and
+``stat_fields``, aemu's own counters for the reports (QEMU has no such fields). In-place changes
+to a container held in an attribute (``self.fifo.append(x)``) read the attribute only; assign it,
+or keep such state behind a lock the checker sees.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .. import clock, patches as _patches
 from ..clock import QuantumKeeper, current_keeper, local_now_ns
@@ -176,6 +186,10 @@ class Device:
 
     #: QEMU's type name, e.g. "hpet", "isa-serial".
     type_name = "device"
+    #: Fields accessed atomically (QEMU's ``qatomic_*``): the checker does not report races on them.
+    atomic_fields: ClassVar[frozenset[str]] = frozenset()
+    #: aemu's own counters, kept for the reports and not in QEMU's device state: not checked.
+    stat_fields: ClassVar[frozenset[str]] = frozenset({"reads", "writes"})
 
     def __init__(self, host: DeviceHost, name: str | None = None) -> None:
         self.host = host

@@ -13,6 +13,7 @@ at the end of the handler.
 
 from __future__ import annotations
 
+from .. import irq as _irq
 from ..errors import ConfigError
 from ..sync import bql_locked
 from .base import Device, DeviceHost
@@ -54,7 +55,9 @@ class IRQOut:
             if self.pending:
                 self._apply()
             self.host.gsi(self.gsi).set(level)
-        else:
+        else:  # QEMU's device would call qemu_set_irq here, without the BQL: aemu check says so
+            if _irq.checker is not None:
+                _irq.checker.irq_without_bql(self.host.gsi(self.gsi), deferred=True)
             self.pending.append(level)
 
     async def flush(self) -> None:

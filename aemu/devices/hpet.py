@@ -23,9 +23,13 @@ at the switches:
   (a handler takes the BQL itself if a what-if switch made the region lockless).
 * ``hpet-lock`` (patch 3/6): the region is lockless (``memory_region_enable_lockless_io``) and
   ``hpet_ram_read``/``hpet_ram_write`` take the device mutex (``QEMU_LOCK_GUARD(&s->lock)``).
-  IRQ updates take the BQL around the ``qemu_irq`` call (the Sept-2025 follow-up
-  ``BQL_LOCK_GUARD()`` in ``update_irq`` and the legacy-mode switch, :meth:`DeviceHost.bql_guard`
-  here): mutex first, then BQL.
+* ``hpet-irq-bql`` (the follow-up fix, QEMU commit d99041a20328 "hpet: guard IRQ handling with
+  BQL"): IRQ updates take the BQL around the ``qemu_irq`` call (``BQL_LOCK_GUARD()`` in
+  ``update_irq`` and around the legacy-mode switch; :meth:`DeviceHost.bql_guard` here): mutex
+  first, then BQL. With the switch off and ``hpet-lock`` on, a register write delivers its IRQ
+  updates under the device mutex only, as the merged 3/6 did (QEMU commit 7defb58baf); the
+  ``qemu_irq`` line then finds no BQL (:class:`aemu.irq.IRQLine` raises, as Xen's
+  ``xen_evtchn_set_gsi`` asserted; ``aemu check`` reports it as ``irq-without-bql``).
 * ``hpet-counter-lockless`` (patches 4-5/6): a main-counter read (0x0f0/0x0f4) takes no lock. It
   runs one read section of the ``state_version`` sequence lock; only CONFIG writes, under the
   mutex, bump the version around the enable/disable transition. Other registers keep the mutex.
@@ -224,6 +228,8 @@ class HPETState(Device):
     """
 
     type_name = "hpet"
+    stat_fields = Device.stat_fields | {"counter_reads", "timer_fires", "irq_raises", "fsb_writes",
+                                        "dropped_irqs"}
 
     def __init__(self, host: DeviceHost, *, num_timers: int = HPET_MIN_TIMERS,
                  intcap: int = HPET_INTCAP_Q35, msi: bool = False, base: int = HPET_BASE,
@@ -271,6 +277,7 @@ class HPETState(Device):
         self._guard: Callable[[str], LockGuard] = host.bql_guard
         self._counter_read: Callable[[int], Awaitable[int]] | None = None
         self._config_write: Callable[[int, int, int], Awaitable[None]] | None = None
+        self._irq_bql = True
         self.timers = [HPETTimer(self, n) for n in range(num_timers)]
         self.iomem = self.region_io("hpet", HPET_LEN, self._ram_read, self._ram_write,
                                     read_nowait=self._ram_read_nowait,
@@ -318,6 +325,7 @@ class HPETState(Device):
         else:
             self.iomem.enable_lockless_io()
             self._guard = self.lock.held  # QEMU_LOCK_GUARD(&s->lock)
+        self._irq_bql = host.patch("hpet-irq-bql")
         lockless = locking == "hpet-counter-lockless"
         self._counter_read = self._read_counter_lockless if lockless else None
         self._config_write = self._write_config_versioned if lockless else None
@@ -440,12 +448,16 @@ class HPETState(Device):
                 seq.write_end()
 
     async def _write_held(self, addr: int, value: int, size: int) -> None:
-        """The write under the device mutex or the BQL; IRQ updates under ``BQL_LOCK_GUARD()``."""
+        """The write under the device mutex or the BQL; IRQ updates under ``BQL_LOCK_GUARD()``
+        (``hpet-irq-bql``), or under whatever the write holds (the merged 3/6 without the fix)."""
         await self.host.delay(self._cost)
         ops: list[_IrqOp] = []
         self._write_reg(addr, value, size, ops)
         if ops:
-            async with self.host.bql_guard("hpet irq"):
+            if self._irq_bql:
+                async with self.host.bql_guard("hpet irq"):
+                    self._deliver(ops)
+            else:
                 self._deliver(ops)
 
     # -- register decode (callers hold the mutex or the BQL) ----------------------------------------
@@ -634,7 +646,7 @@ class HPETState(Device):
             return None
 
     def _deliver(self, ops: list[_IrqOp]) -> None:
-        """Drive the lines (``qemu_irq_raise/lower/pulse``): the caller holds the BQL."""
+        """Drive the lines (``qemu_irq_raise/lower/pulse``): the caller must hold the BQL."""
         for op, a, b in ops:
             if op == _FSB:
                 self.fsb_writes += 1

@@ -9,7 +9,9 @@ The JSON opens in the Perfetto UI (ui.perfetto.dev) and in chrome://tracing. Lay
 * each span is a complete event (``"ph": "X"``) with ``ts``/``dur`` in microseconds of virtual
   time (floats: virtual ns / 1000) and a category: ``guest``, ``exit`` (``pre_run``, ``pio
   REGION``, ``mmio REGION``), ``wait``/``hold`` (a lock, with the site in ``args``), ``halted``,
-  ``holder`` (on a lock's track).
+  ``holder`` (on a lock's track);
+* ``aemu run --check`` adds an instant event (``"ph": "i"``, category ``check``, e.g. ``race
+  SerialState.lsr``) on the task's track at each access of a finding.
 
 On a vCPU track spans nest: a ``wait BQL (acpi-tmr read)`` and the ``hold`` that follows lie inside
 the ``pio acpi-tmr`` exit span. Events are emitted sorted by start, longer first (and exit before
@@ -109,7 +111,7 @@ def build_trace(tracer: Tracer, *, machine_name: str = "aemu") -> dict[str, Any]
     """The trace as a Chrome Trace Event Format document (a dict ready for ``json.dump``)."""
     spans = tracer.spans
     locks = _lock_names(spans)
-    tracks = _order_tracks({s[0] for s in spans}, locks)
+    tracks = _order_tracks({s[0] for s in spans} | {i[0] for i in tracer.instants}, locks)
     tids = {t: tid for t, tid, _, _ in tracks}
     # the site a lock's holder span was taken at: from the matching "hold LOCK (site)" span
     hold_sites: dict[tuple[str, str, int, int], str] = {}
@@ -147,6 +149,9 @@ def build_trace(tracer: Tracer, *, machine_name: str = "aemu") -> dict[str, Any]
         keyed.append((tids[track], s, s - e, _RANK[cat], ev))
     keyed.sort(key=lambda k: k[:4])
     events.extend(k[4] for k in keyed)
+    for track, name, at in sorted(tracer.instants, key=lambda i: (i[2], i[0], i[1])):
+        events.append({"name": name, "cat": "check", "ph": "i", "s": "t", "ts": _us(at), "pid": PID,
+                       "tid": tids[track]})
 
     a, b = _window(tracer)
     windowed = tracer.window_start_ns > 0 or tracer.window_end_ns is not None
@@ -179,6 +184,7 @@ def build_trace(tracer: Tracer, *, machine_name: str = "aemu") -> dict[str, Any]
             "max_spans": tracer.max_spans,
             "windowed": windowed,
             "window_ns": [a, b],
+            "check_instants": len(tracer.instants),
         },
     }
 
