@@ -27,7 +27,10 @@ process, and the GIL would serialise the simulations anyway.
 
 :func:`run_realtime` runs a machine on the application's own asyncio loop in real time (virtual
 time is wall time there), and :func:`run_realtime_blocking` does it on a fresh uvloop (``aemu run
---realtime``).
+--realtime``). Real-time mode needs asyncio: a machine's vCPUs are asyncio tasks on the loop that
+runs it, so under trio :func:`run_realtime`, ``Machine(..., realtime=True).run()`` and ``async with
+Machine(...)`` raise :class:`~aemu.errors.NeedsAsyncioError`; from trio, run
+``trio.to_thread.run_sync(run_realtime_blocking, config)`` (its own loop in a worker thread).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import clock
 from .config import MachineConfig
+from .errors import NeedsAsyncioError
 from .machine import Machine
 from .result import Result
 from .runner import run_machine, run_on_host_loop
@@ -319,8 +323,13 @@ async def run_realtime(config: MachineConfig | str, *, workload: Workload | None
     ``--duration``, else none) or when the task is cancelled (Ctrl-C): then the partial report
     is returned (``interrupted`` set) instead of raising, so a stopped run still has a report.
     ``on_snapshot`` is called every ``every_s`` wall seconds; an error in it ends the run. Times
-    are the host's monotonic clock in ns (:func:`aemu.clock.now_ns`). asyncio only (not trio).
+    are the host's monotonic clock in ns (:func:`aemu.clock.now_ns`). asyncio only: under trio it
+    raises :class:`~aemu.errors.NeedsAsyncioError` (run :func:`run_realtime_blocking` in a thread).
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise NeedsAsyncioError("aemu.run_realtime") from None
     config = _parse(config)
     if every_s <= 0:
         raise ValueError(f"every_s must be a positive number of seconds, got {every_s}")

@@ -23,6 +23,22 @@ class SimulationDeadlock(AemuError, RuntimeError):
         self.blocked: dict[str, str] = dict(blocked or {})
 
 
+class NeedsAsyncioError(AemuError, RuntimeError):
+    """A machine was to run where no asyncio event loop is running (under trio, or outside async code).
+
+    aemu's machines are asyncio tasks: virtual time on a :class:`~aemu.clock.VirtualTimeLoop`,
+    real time on the running asyncio loop (uvloop welcome). The message says what to do instead.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} needs a running asyncio event loop and none is running here: aemu runs machines on "
+            "asyncio (a VirtualTimeLoop for virtual time, any asyncio loop, uvloop included, for real time). "
+            "Under trio, run a virtual-time machine with aemu.simulate_async or aemu.live, and a real-time one "
+            "in a thread: await trio.to_thread.run_sync(aemu.embed.run_realtime_blocking, config)")
+        self.what = what
+
+
 class LayoutError(AemuError, ValueError):
     """A memory layout that cannot be built (base class of the specific cases below)."""
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from . import clock
 from .config import MachineConfig
-from .errors import ConfigError
+from .errors import ConfigError, NeedsAsyncioError
 from .machine import Machine
 from .result import Result
 from .trace import Tracer
@@ -109,7 +109,10 @@ async def run_machine(machine: MachineConfig | str | Machine, workload: Workload
     cancelled, ``interrupted`` is set unless it had finished, and the cancellation propagates --
     unless ``keep_partial``, which returns the machine with its partial accounting.
     """
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio, or a coroutine driven by hand
+        raise NeedsAsyncioError("running a machine") from None
     realtime = not isinstance(loop, clock.VirtualTimeLoop)
     if isinstance(machine, Machine):
         if workload is not None:

@@ -167,6 +167,28 @@ class TestSnapshots:
         walls = [s.wall_s for s in snaps]
         assert walls == sorted(walls)
 
+    def test_contentions_never_exceed_acquisitions_in_a_live_snapshot(self) -> None:
+        """32 vCPUs queue on the BQL at nearly every HPET read: a wait in flight is a waiting task,
+        its contention is counted with its acquisition (counted when it began, nearly every
+        snapshot here had more contentions than acquisitions). The partial report of a stopped run too."""
+        config = "-smp 32 --workload hpet-bench --series before --param reads=200"
+        snaps: list[Snapshot] = []
+
+        async def main() -> Result:
+            async with live(config, every_ns=250_000) as run:
+                async for snap in run.snapshots():
+                    snaps.append(snap)
+                    if snap.virtual_ns == 5_000_000:
+                        run.cancel()  # as Ctrl-C does: the queued waits are cancelled
+                return await run.result()
+
+        r = asyncio.run(main())
+        assert len(snaps) >= 20 and min(s.bql.tasks_waiting for s in snaps) >= 25
+        for st in [*(s.bql for s in snaps), r.bql]:
+            assert st.contentions == st.contended_acquisitions <= st.acquisitions
+            assert st.waits_begun == st.contentions + st.cancelled_waits + st.tasks_waiting
+        assert r.interrupted and r.bql.cancelled_waits > 0
+
     def test_no_snapshots_without_every(self) -> None:
         async def main() -> list[Snapshot]:
             async with live(HPET) as run:
@@ -302,6 +324,32 @@ class TestRealtime:
         r = asyncio.run(run_realtime("-smp 2 --workload hpet-bench --param reads=20", duration_s=30,
                                      on_snapshot=snaps.append, every_s=0.005))
         assert r.finished and not r.interrupted and time.perf_counter() - t0 < 10
+
+
+class TestRealtimeNeedsAsyncio:
+    """Real-time mode runs the vCPUs as tasks of the running asyncio loop: under trio it says so."""
+
+    def test_under_trio_a_clear_error(self) -> None:
+        async def enter() -> None:
+            async with Machine("-smp 2 --workload idle", realtime=True):
+                pass
+
+        async def run() -> None:
+            await Machine("-smp 2 --workload idle", realtime=True).run()
+
+        for fn, what in ((enter, "Machine.start"), (run, "running a machine"),
+                         (lambda: run_realtime("-smp 2 --workload idle", duration_s=0.05), "aemu.run_realtime")):
+            with pytest.raises(aemu.NeedsAsyncioError) as e:
+                trio.run(fn)
+            assert str(e.value).startswith(f"{what} needs a running asyncio event loop")
+            assert "trio.to_thread.run_sync(aemu.embed.run_realtime_blocking, config)" in str(e.value)
+
+    def test_the_documented_way_from_trio(self) -> None:
+        async def main() -> Result:
+            return await trio.to_thread.run_sync(run_realtime_blocking, "-smp 2 --workload hpet-bench --param reads=20")
+
+        r = trio.run(main)
+        assert r.finished and not r.interrupted and r.metric.value > 0
 
 
 class TestRealtimeClock:

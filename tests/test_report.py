@@ -170,6 +170,18 @@ class TestSyncProfile:
             assert line.startswith(f"BQL mutex  {addr('BQL')}  {s.site} ")
             assert line.endswith(f"{s.acquisitions:12d}  {s.wait_total_ns // s.acquisitions / 1e3:12.2f}")
 
+    def test_a_result_or_a_snapshot_is_accepted(self) -> None:
+        from aemu.embed import Snapshot
+
+        r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --workload hpet-bench --series before --param reads=20"))
+        table = format_sync_profile(r.locks)
+        assert "hpet read" in table
+        assert format_sync_profile(r) == table == format_sync_profile(Snapshot(r.virtual_ns, 0.0, 4, 4, r.locks))
+        assert format_lock_stat(r) == format_lock_stat(r.locks)
+        for bad in (42, "BQL", [r.bql, "hpet"]):
+            with pytest.raises(TypeError, match=r"^expected a Result, a Snapshot, .* got (int|str)$"):
+                format_sync_profile(bad)  # type: ignore[arg-type]
+
     @pytest.mark.parametrize(("args", "expected"), [
         ("", (10, False, True)), ("-m", (10, True, True)), ("-n", (10, False, False)),
         ("-m -n 15", (15, True, False)), ("-n -m 3", (3, True, False)), ("  7 ", (7, False, True)),

@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
 
 from ..errors import ConfigError
 from ..sync import HDR_SIGNIFICANT_DIGITS, ContentionPoint, LockStatistics, TimeStats
-from .sync_profile import as_lock_list
+from .sync_profile import LockSnapshots, as_lock_list
 
 __all__ = ["LOCKSTAT_POINTS", "contended_wait_min", "format_lock_stat", "lock_stat_time", "site_address"]
 
@@ -116,7 +115,7 @@ def _points(name: str, points: tuple[ContentionPoint, ...], top: int) -> list[st
     return out
 
 
-def format_lock_stat(locks: Iterable[LockStatistics] | Mapping[str, LockStatistics] | LockStatistics, *,
+def format_lock_stat(locks: LockSnapshots, *,
                      top_points: int = LOCKSTAT_POINTS) -> str:
     """The ``/proc/lock_stat`` text for these lock snapshots (lines end with ``\\n``)."""
     if isinstance(top_points, bool) or not isinstance(top_points, int) or top_points < 0:

@@ -28,13 +28,15 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Protocol, TypeAlias, TypedDict, runtime_checkable
 
 from ..errors import ConfigError
 from ..sync import LockStatistics
 
 __all__ = [
     "DEFAULT_MAX_ROWS",
+    "HasLocks",
+    "LockSnapshots",
     "QSPRow",
     "SyncProfileArgs",
     "as_lock_list",
@@ -55,14 +57,37 @@ _USAGE = "usage: info sync-profile [-m] [-n] [max]"
 _INT = re.compile(r"[+-]?(?:(0[xX])[0-9a-fA-F]+|[0-9]+)")
 
 
-def as_lock_list(locks: Iterable[LockStatistics] | Mapping[str, LockStatistics] | LockStatistics,
-                 ) -> list[LockStatistics]:
-    """The snapshots to report: a mapping's values, an iterable's items, or one snapshot."""
+@runtime_checkable
+class HasLocks(Protocol):
+    """Anything carrying its locks' snapshots by name: a :class:`~aemu.result.Result`, an
+    :class:`aemu.embed.Snapshot`."""
+
+    @property
+    def locks(self) -> Mapping[str, LockStatistics]: ...
+
+
+#: What the reports accept: a Result or Snapshot, a mapping name -> snapshot, snapshots, or one.
+LockSnapshots: TypeAlias = "HasLocks | Mapping[str, LockStatistics] | Iterable[LockStatistics] | LockStatistics"
+
+
+def as_lock_list(locks: LockSnapshots) -> list[LockStatistics]:
+    """The snapshots to report: a Result's (or Snapshot's) locks, a mapping's values, an iterable's
+    items, or one snapshot. Anything else is a ``TypeError`` naming what was given."""
     if isinstance(locks, LockStatistics):
         return [locks]
+    if isinstance(locks, HasLocks):
+        locks = locks.locks
     if isinstance(locks, Mapping):
-        return list(locks.values())
-    return list(locks)
+        items = list(locks.values())
+    elif isinstance(locks, Iterable) and not isinstance(locks, (str, bytes)):
+        items = list(locks)
+    else:
+        items = [locks]
+    for st in items:
+        if not isinstance(st, LockStatistics):
+            raise TypeError(f"expected a Result, a Snapshot, a mapping of lock names to LockStatistics or "
+                            f"LockStatistics, got {type(st).__name__}")
+    return items
 
 
 def lock_object_address(name: str) -> int:
@@ -102,7 +127,7 @@ class QSPRow:
         return f"[{self.n_objs:12d}]" if self.n_objs > 1 else f"{f'0x{self.obj:x}':>14}"
 
 
-def sync_profile_rows(locks: Iterable[LockStatistics] | Mapping[str, LockStatistics] | LockStatistics, *,
+def sync_profile_rows(locks: LockSnapshots, *,
                       sort_by_mean: bool = False, coalesce: bool = True) -> list[QSPRow]:
     """Every row of ``info sync-profile`` in QSP's order (before the ``max`` cut)."""
     # Aggregate per (object, site, type) first (qsp_aggregate), as two snapshots of one lock
@@ -140,10 +165,10 @@ def sync_profile_rows(locks: Iterable[LockStatistics] | Mapping[str, LockStatist
     return rows
 
 
-def format_sync_profile(locks: Iterable[LockStatistics] | Mapping[str, LockStatistics] | LockStatistics, *,
-                        max_rows: int = DEFAULT_MAX_ROWS, sort_by_mean: bool = False,
+def format_sync_profile(locks: LockSnapshots, *, max_rows: int = DEFAULT_MAX_ROWS, sort_by_mean: bool = False,
                         coalesce: bool = True) -> str:
-    """QEMU's ``info sync-profile`` table for these lock snapshots, exactly as QEMU prints it.
+    """QEMU's ``info sync-profile`` table for these lock snapshots (a Result's, a Snapshot's, a
+    mapping's or a list's), exactly as QEMU prints it.
 
     ``sort_by_mean`` is ``-m`` (sort by average wait), ``coalesce=False`` is ``-n`` (one row per
     object and call site), ``max_rows`` is ``max``. Lines end with ``\\n``, the last one too.
