@@ -1,29 +1,39 @@
 """The ``aemu`` command (click).
 
-Subcommands: ``compare`` (the seed's comparison, README's main job), ``run`` (one
-configuration), ``sweep`` (scaling over vCPU counts), ``mtree`` (``info mtree``), ``demo``.
-QEMU-style options (``-M``, ``-smp``, ``-accel``) and aemu's own (``--workload``, ``--series``,
-``--patch``, ``--lockless``, ``--costs``, ``--seed``, ``--quantum``, ``--duration``, ``--param``,
-``--lock-policy``) are passed to :meth:`aemu.config.MachineConfig.parse`.
+Subcommands: ``compare`` (the series' reproducer, before vs after, README's main job), ``run``
+(one configuration), ``sweep`` (scaling over vCPU counts), ``replay`` (a QEMU trace), ``mtree``
+(``info mtree``), ``costs``, ``demo``. Machine options -- QEMU-style (``-M``, ``-smp``,
+``-accel``) and aemu's own (``--workload``, ``--series``, ``--patch``, ``--lockless``, ``--costs``,
+``--seed``, ``--quantum``, ``--duration``, ``--param``, ``--lock-policy``) -- are passed to
+:meth:`aemu.config.MachineConfig.parse`. They never go through click's option parser
+(:class:`_MachineCommand`): click would read ``--patch -hpet-lock`` as ``-h``. ``-M help``,
+``-accel help``, ``--workload help``, ``--patch help`` and ``--lockless help`` list what each
+accepts, as QEMU's ``-M help`` does.
 
-Exit codes: 0 ok; 1 the run failed; 2 usage error (one line, no traceback unless ``--debug``);
-130 interrupted (``run`` prints the partial report first).
+Exit codes: 0 ok; 1 the run failed; 2 usage error (one line; ``--debug`` adds the traceback);
+130 interrupted by Ctrl-C or SIGTERM (``run`` prints the partial report, ``compare`` and
+``sweep`` what finished; files asked for are written; a QMP socket is removed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
+from .compare import DEFAULT_ARGS as DEFAULT_COMPARE_ARGS
 
 if TYPE_CHECKING:
     from .config import MachineConfig
@@ -33,18 +43,232 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_PASSTHROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": True,
-                "help_option_names": ["-h", "--help"]}
+_HELP_NAMES = ["-h", "--help"]
 _DEBUG = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plain(text: str | None) -> str | None:
+    """Help text as a terminal shows it: reStructuredText's ``literal`` and `title` marks dropped."""
+    return None if text is None else re.sub(r"``?([^`]*)``?", r"\1", text)
+
+
+class _Group(click.Group):
+    """The ``aemu`` group: plain help text; bare ``aemu`` prints the help (exit 0)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _plain(self.help)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": _HELP_NAMES})
 @click.version_option(__version__, prog_name="aemu")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
-    """Emulate how a VMM's vCPUs, devices and the Big QEMU Lock interact, in virtual time."""
+    """Emulate how a VMM's vCPUs, devices and the Big QEMU Lock interact, in virtual time.
+
+    Start with aemu compare (the BQL-free series before vs after on a 240-vCPU machine) or aemu
+    run; aemu COMMAND --help says what each takes.
+    """
     global _DEBUG
     _DEBUG = debug
+
+
+# -- machine options ---------------------------------------------------------------------------------
+
+#: QEMU's descriptions of the machines aemu models (``-M help``).
+_MACHINE_TITLES = {"q35": "Standard PC (Q35 + ICH9, 2009)", "pc": "Standard PC (i440FX + PIIX, 1996)"}
+#: What ``-accel kvm,kernel-irqchip=MODE`` puts in KVM (``-accel help``).
+_IRQCHIP_MODES = {"on": "LAPIC, IOAPIC and PIC in KVM",
+                  "split": "LAPIC in KVM; IOAPIC and PIC in QEMU, under the BQL",
+                  "off": "LAPIC, IOAPIC and PIC in QEMU, under the BQL"}
+#: Options whose value ``help`` (or QEMU's ``?``) lists what they accept.
+_HELP_TOPICS = ("-M", "-machine", "-accel", "--workload", "--patch", "--lockless")
+
+
+class _MachineCommand(click.Command):
+    """A command whose ARGS are machine options (:meth:`aemu.config.MachineConfig.parse`).
+
+    Before click parses anything, :meth:`parse_args` sets the machine options aside, each with
+    its value: click sees only its own options (exact names), the positional arguments, then
+    ``--`` and the machine options as plain ARGS. So ``--patch -hpet-lock`` (a value that starts
+    with ``-h``), ``-machine q35`` (an ``h`` inside) and ``--seed -1`` reach MachineConfig as
+    written, whatever single-letter options click has; ``-h`` and ``--help`` are help only as
+    whole words. ``refuse`` maps a machine option the command does not use to the reason (an
+    error, not a silently ignored option); ``defaults`` are the machine options the command
+    starts from (its --help shows the defaults they give).
+    """
+
+    def __init__(self, *args: Any, refuse: Mapping[str, str] | None = None, defaults: Sequence[str] = (),
+                 default_notes: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {"help_option_names": _HELP_NAMES})
+        super().__init__(*args, **kwargs)
+        self.help = _plain(self.help)
+        self.refuse = dict(refuse or {})
+        self.defaults = tuple(defaults)
+        #: option -> its default in words, where the command decides it at run time
+        self.default_notes = dict(default_notes or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own, machine = self.split_args(ctx, args)
+        topic = _help_topic(machine)
+        if topic is not None:
+            click.echo(_topic_help(topic, [*self.defaults, *_without_topic(machine, topic)]))
+            ctx.exit(0)
+        for tok in machine:
+            opt = tok.partition("=")[0] if tok.startswith("--") else tok
+            if opt in self.refuse:
+                raise click.UsageError(f"{opt}: {self.refuse[opt]}")
+        return super().parse_args(ctx, [*own, "--", *machine])
+
+    def split_args(self, ctx: click.Context, args: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(click's options and positional arguments, the machine options with their values)."""
+        from .config import OPTIONS_WITH_VALUE
+
+        takes_value = {name: False for name in ctx.help_option_names}
+        for p in self.params:
+            if isinstance(p, click.Option):
+                for name in (*p.opts, *p.secondary_opts):
+                    takes_value[name] = not (p.is_flag or p.count)
+        own: list[str] = []
+        machine: list[str] = []
+        i = 0
+        while i < len(args):
+            tok = args[i]
+            name, eq, _ = tok.partition("=")
+            if tok == "--":
+                machine += args[i + 1:]
+                break
+            if tok in takes_value:
+                own.append(tok)
+                if takes_value[tok] and i + 1 < len(args):
+                    own.append(args[i + 1])
+                    i += 1
+            elif eq and tok.startswith("--") and takes_value.get(name):
+                own.append(tok)
+            elif tok.startswith("-") and tok != "-":
+                machine.append(tok)
+                if not eq and tok in OPTIONS_WITH_VALUE and i + 1 < len(args):
+                    machine.append(args[i + 1])
+                    i += 1
+            else:
+                own.append(tok)
+            i += 1
+        return own, machine
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        with formatter.section("Machine options (ARGS; QEMU-style and aemu's, defaults in brackets)"):
+            formatter.write_dl(_machine_option_rows(self.defaults, self.refuse, self.default_notes))
+
+
+def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
+                         notes: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The machine options and what each defaults to (from MachineConfig, after ``defaults``)."""
+    from .config import LOCK_POLICIES, MachineConfig
+
+    d = MachineConfig.parse(list(defaults))
+    rows = [
+        ("-M", "q35|pc[,hpet=on|off]", f"the machine [{d.machine},hpet={'on' if d.hpet else 'off'}]; -M help"),
+        ("-smp", "N[,sockets=S,cores=C,threads=T,maxcpus=M]",
+         f"vCPUs and topology, completed as QEMU does: -smp N is 1 socket of N cores [{d.smp.cpus}"
+         + (f",sockets={d.smp.sockets}" if d.smp.sockets > 1 else "") + "]"),
+        ("-accel", "kvm[,kernel-irqchip=on|split|off]", f"[kvm,kernel-irqchip={d.kernel_irqchip}]; -accel help"),
+        ("--workload", "NAME", f"what the vCPUs run [{d.workload}]; --workload help"),
+        ("--param", "KEY=VALUE", "a parameter of the workload (repeat for more); --workload help"),
+        ("--series", "before|after", "none or all of the BQL-free series' switches [after]"),
+        ("--patch", "[-]NAME[,...]", "turn a switch of the series on, or off with -NAME; --patch help"),
+        ("--lockless", "REGION[,...]", "make I/O regions lockless too (a what-if); --lockless help"),
+        ("--lock-policy", "|".join(LOCK_POLICIES), f"how the BQL is handed over [{d.lock_policy}]"),
+        ("--host-cpus", "N", "physical CPUs the vCPU threads share [one per vCPU]"),
+        ("--costs", "FILE", "costs from a TOML file [built in; aemu costs shows them]"),
+        ("--seed", "N", f"random seed [{d.seed}]"),
+        ("--quantum", "TIME", f"how far a vCPU may run ahead of the others [{d.quantum_ns // 1000}us]"),
+        ("--duration", "TIME", "stop after this much virtual time [when the workload ends, at most 2s]"),
+    ]
+    return [(f"{opt} {arg}", re.sub(r"\[[^]]*\]", f"[{notes[opt]}]", text, count=1) if opt in notes else text)
+            for opt, arg, text in rows if opt not in refuse]
+
+
+def _help_topic(machine: Sequence[str]) -> str | None:
+    """The option whose value is ``help`` (or ``?``), if any."""
+    for i, tok in enumerate(machine):
+        name, eq, value = tok.partition("=")
+        if eq and name in _HELP_TOPICS and value in ("help", "?"):
+            return name
+        if tok in _HELP_TOPICS and i + 1 < len(machine) and machine[i + 1] in ("help", "?"):
+            return tok
+    return None
+
+
+def _without_topic(machine: Sequence[str], topic: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for i, tok in enumerate(machine):
+        if skip:
+            skip = False
+        elif tok.partition("=")[0] == topic and "=" in tok:
+            pass
+        elif tok == topic and i + 1 < len(machine) and machine[i + 1] in ("help", "?"):
+            skip = True
+        else:
+            out.append(tok)
+    return out
+
+
+def _topic_help(topic: str, args: list[str]) -> str:
+    """What ``topic help`` prints: the accepted values, one a line, as QEMU's ``-M help`` does."""
+    from .config import MACHINES, MachineConfig
+
+    if topic in ("-M", "-machine"):
+        d = MachineConfig()
+        lines = ["Supported machines are:"]
+        lines += [f"{m:<20} {_MACHINE_TITLES.get(m, '')}{' (default)' if m == d.machine else ''}" for m in MACHINES]
+        lines.append(f"Properties: hpet=on|off [{'on' if d.hpet else 'off'}]; "
+                     "kernel-irqchip=on|split|off (as -accel's)")
+        return "\n".join(lines)
+    if topic == "-accel":
+        d = MachineConfig()
+        lines = ["Accelerators aemu models:", "kvm", "Properties: kernel-irqchip=MODE"]
+        lines += [f"  {m:<6} {text}{' (default)' if m == d.kernel_irqchip else ''}" for m, text in _IRQCHIP_MODES.items()]
+        return "\n".join(lines)
+    if topic == "--workload":
+        from .workloads import WORKLOADS
+
+        default = MachineConfig().workload
+        lines = [f"Workloads (--workload NAME [{default}]; --param KEY=VALUE sets a parameter):"]
+        for name, factory in WORKLOADS.items():
+            lines.append(f"  {name:<15} {getattr(factory, 'summary', '')}")
+            specs = getattr(factory, "parameters", {})
+            for key, value in getattr(factory, "defaults", dict)().items():
+                spec = specs.get(key)
+                what = f"{spec.help}, {spec.describe()}" if spec is not None else ""
+                lines.append(f"  {'':<15}   {key}={value}" + (f"  ({what})" if what else ""))
+        return "\n".join(lines)
+    if topic == "--patch":
+        from .patches import SWITCHES
+
+        lines = ["Switches of the BQL-free series, in patch order (--patch NAME turns one on, --patch -NAME",
+                 "off; --series before is none of them, --series after all of them, the default):"]
+        width = max(len(p.name) for p in SWITCHES)
+        for p in SWITCHES:
+            needs = f" (needs {', '.join(p.needs)})" if p.needs else ""
+            lines.append(f"  {p.name:<{width}}  {p.part:<6} {p.summary}{needs}")
+        return "\n".join(lines)
+    # --lockless: the I/O regions of the machine the other options describe
+    from .machine import Machine
+
+    config = MachineConfig.parse(args)
+    m = Machine(config.replace(workload="idle", workload_params=(), lockless=()))
+    regions = sorted({mr.name: mr for mr in m.regions() if mr.kind == "io" and mr.name != "io"}.items())
+    lines = [f"I/O regions of {config.qemu_args()} (--lockless REGION[,...] makes them lockless):"]
+    lines += [f"  {name}{'  (lockless already, with these switches)' if mr.lockless_io else ''}" for name, mr in regions]
+    return "\n".join(lines)
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
@@ -138,6 +362,8 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+        self.quiet = True  # nothing more after close (an interrupted run prints its report next)
 
 
 def _stderr_console() -> Any:
@@ -181,38 +407,61 @@ def _machine_args(f: F) -> F:
     return click.argument("args", nargs=-1, type=click.UNPROCESSED)(f)
 
 
+def _check_workload(config: MachineConfig) -> None:
+    """Build the workload once, so a bad --workload or --param is a usage error before anything runs."""
+    from .workloads import get_workload
+
+    get_workload(config.workload, **dict(config.workload_params))
+
+
 # -- compare ------------------------------------------------------------------------------------------
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.command(cls=_MachineCommand, defaults=DEFAULT_COMPARE_ARGS.split(), refuse={
+    "--workload": "compare runs boot and hpet-bench; use aemu run for another workload",
+    "--series": "compare runs both series; --patch -NAME takes a switch out of 'after'"})
 @click.option("--no-ablation", is_flag=True, help="Skip the per-switch ablation runs.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes [one per core].")
 @click.option("--json", "json_path", metavar="FILE", help="Write every run's result document to FILE.")
 @click.option("--plot", "plot_dir", metavar="DIR", help="Write PNG plots into DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_machine_args
 def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir: str | None, quiet: bool,
             args: tuple[str, ...]) -> None:
-    """The seed's scenario before vs after the BQL-free series, plus an ablation.
+    """The BQL-free series' reproducer, before vs after the series, plus an ablation.
 
-    ARGS are QEMU-style and aemu options that change the seed's machine
-    (-M q35,hpet=off -smp 240,sockets=4 -accel kvm,kernel-irqchip=split). Virtual time: every
-    figure is virtual nanoseconds of the modelled machine, not host time.
+    Runs the boot workload and hpet-bench (with hpet=on) on the machine the series was measured
+    with, each before the series, after it, and (the ablation) after it with one switch off at a
+    time. ARGS change that machine (see below). Virtual time: every figure is virtual time of the
+    modelled machine, not host time. Ctrl-C stops at once and prints the runs that finished.
     """
-    from .compare import DEFAULT_ARGS, compare as run_compare, format_comparison, seed_configs
+    from .compare import compare as run_compare, format_comparison, format_finished, seed_configs
 
     json_file = _out_file(json_path, "--json")
     plots = _out_dir(plot_dir)
-    argv = DEFAULT_ARGS.split() + list(args)
-    total = sum(len(v) for v in seed_configs(argv, ablation=not no_ablation).values())
+    argv = DEFAULT_COMPARE_ARGS.split() + list(args)
+    labels = [f"{wl} {label}" for wl, runs in seed_configs(argv, ablation=not no_ablation).items() for label in runs]
+    total = len(labels)
     t0 = time.monotonic()
+    finished: dict[str, Result] = {}
     with _progress(quiet, total, "runs") as bar:
-        done = [0]
+        def step(label: str, r: Result) -> None:
+            finished[label] = r
+            bar.update(len(finished), f"compare: {len(finished)}/{total} runs ({label})")
 
-        def step(label: str, _r: Any) -> None:
-            done[0] += 1
-            bar.update(done[0], f"compare: {done[0]}/{total} runs ({label})")
-
-        c = run_compare(argv, ablation=not no_ablation, jobs=jobs, progress=step)
+        try:
+            c = run_compare(argv, ablation=not no_ablation, jobs=jobs, progress=step)
+        except KeyboardInterrupt:
+            bar.close()
+            finished = {label: finished[label] for label in labels if label in finished}  # in run order
+            click.echo(format_finished(finished, total))
+            if json_file is not None:
+                by_workload: dict[str, dict[str, Any]] = {"boot": {}, "hpet-bench": {}}
+                for label, r in finished.items():
+                    workload, _, series = label.partition(" ")
+                    by_workload[workload][series] = r.to_dict()
+                _write_json(json_file, {"schema": "aemu.compare/1", "interrupted": True, **by_workload})
+                click.echo(f"wrote {json_file}")
+            raise
     click.echo(format_comparison(c))
     click.echo(f"\n(wall time {time.monotonic() - t0:.1f} s for {total} runs)")
     if json_file is not None:
@@ -229,7 +478,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
 
 # -- run ------------------------------------------------------------------------------------------------
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.command(cls=_MachineCommand)
 @click.option("--json", "json_path", metavar="FILE", help="Write the result document (aemu.result/1) to FILE.")
 @click.option("--timeline", "timeline_path", metavar="FILE", help="Write a Perfetto/Chrome trace to FILE.")
 @click.option("--timeline-window", metavar="START:END", help="Only trace this virtual-time window, e.g. 0:5ms.")
@@ -239,16 +488,18 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
 @click.option("--realtime", is_flag=True, help="Run on a real-time loop (uvloop) paced to wall time.")
 @click.option("-qmp", "--qmp", "qmp_spec", metavar="unix:PATH,server|tcp:HOST:PORT,server",
               help="Serve a QMP monitor (QEMU's syntax; add ,wait=off not to wait for a client).")
+@click.option("--check", "check_mode", is_flag=True,
+              help="Run in checker mode too: report races and lock-rule findings (exit 1 with findings).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_machine_args
 def run(json_path: str | None, timeline_path: str | None, timeline_window: str | None, timeline_max: int,
-        plot_dir: str | None, realtime: bool, qmp_spec: str | None, quiet: bool, args: tuple[str, ...]) -> None:
+        plot_dir: str | None, realtime: bool, qmp_spec: str | None, check_mode: bool, quiet: bool,
+        args: tuple[str, ...]) -> None:
     """Run one configuration and print the report.
 
-    ARGS are QEMU-style options (-M, -smp, -accel) and aemu options (--workload, --series,
-    --patch, --lockless, --costs, --seed, --quantum, --duration, --param, --lock-policy).
-    ``-qmp unix:PATH,server[,wait=off]`` or ``-qmp tcp:HOST:PORT,server[,wait=off]`` serves a QMP
-    monitor during the run (see aemu.monitor).
+    ARGS are the machine options below, e.g. -M q35,hpet=off -smp 32 --workload boot --series
+    before. -qmp unix:PATH,server[,wait=off] or -qmp tcp:HOST:PORT,server[,wait=off] serves a
+    QMP monitor during the run. Ctrl-C or SIGTERM ends the run with the report so far (exit 130).
     """
     from .config import MachineConfig, parse_duration
     from .report.tables import render_run_report
@@ -263,15 +514,21 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
 
         qmp = parse_qmp_option(qmp_spec)
     config = MachineConfig.parse(list(args))
+    _check_workload(config)
     tracer = None
+    if timeline_window is not None and timeline_file is None:
+        raise click.UsageError("--timeline-window needs --timeline FILE")
     if timeline_file is not None:
         start, end = 0, None
-        if timeline_window:
+        if timeline_window is not None:
             a, sep, b = timeline_window.partition(":")
             if not sep:
                 raise click.UsageError("--timeline-window: expected START:END, e.g. 0:5ms")
             start = parse_duration(a or "0", "--timeline-window")
             end = parse_duration(b, "--timeline-window") if b else None
+            if end is not None and end <= start:
+                raise click.UsageError(f"--timeline-window {timeline_window}: END must be after START "
+                                       "(the window would be empty)")
         tracer = Tracer(window_start_ns=start, window_end_ns=end, max_spans=timeline_max)
     if qmp is not None:
         from .monitor.runner import run_with_monitor
@@ -284,9 +541,17 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
             click.echo(f"aemu: QMP monitor on {server.bound}{note}", err=True)
 
         result = run_with_monitor(config, qmp, realtime=realtime, tracer=tracer, on_listening=listening)
+    elif check_mode:
+        if realtime:
+            raise click.UsageError("--check runs in virtual time; drop --realtime")
+        checked = _check_one(config, None, tracer, quiet=quiet)
+        result = checked.result
     else:
         result = _run_one(config, tracer, realtime=realtime, quiet=quiet)
     click.echo(render_run_report(result))
+    if check_mode:
+        click.echo()
+        click.echo(checked.format())
     _write_outputs(result, json_file, tracer, timeline_file)
     if plots is not None:
         from .report.plots import plot_bql_utilisation, plot_latency_cdf
@@ -296,30 +561,126 @@ def run(json_path: str | None, timeline_path: str | None, timeline_window: str |
         click.echo(f"wrote {plot_bql_utilisation({config.series: result}, plots / 'bql-utilisation.png')}")
     if result.interrupted:
         raise KeyboardInterrupt
+    if check_mode and checked.findings:
+        raise click.exceptions.Exit(1)
+
+
+# -- check ----------------------------------------------------------------------------------------------
+
+def _check_one(config: MachineConfig, workload: Any, tracer: Tracer | None, *, quiet: bool) -> Any:
+    """One run in checker mode (:func:`aemu.check.check`) with the progress bar; returns the report."""
+    from .check import check
+    from .runner import run_cap_ns
+    from .workloads import get_workload
+
+    wl = workload or get_workload(config.workload, **dict(config.workload_params))
+    cap = run_cap_ns(config, wl, default_ns=None if wl.name == "replay" else 2_000_000_000)
+    with _progress(quiet or cap is None, cap or 0, "ns") as bar:
+        def step(ns: int, fin: int, total: int) -> None:
+            bar.update(ns, f"check: virtual {ns / 1e6:,.1f} ms, {fin}/{total} vCPUs finished")
+
+        return check(config, wl, tracer=tracer, progress=step, keep_partial=True)
+
+
+@cli.command(cls=_MachineCommand, refuse={"-qmp": "aemu check runs in virtual time; use aemu run -qmp"})
+@click.option("--trace", "trace_path", metavar="TRACE", type=click.Path(dir_okay=False),
+              help="Check a replay of this QEMU trace log instead of --workload (as aemu replay).")
+@click.option("--time-scale", type=click.FloatRange(0, None, min_open=True), default=1.0, show_default=True,
+              help="With --trace: scale the recorded gaps between accesses.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the result document, findings included, to FILE.")
+@click.option("--timeline", "timeline_path", metavar="FILE",
+              help="Write a Perfetto/Chrome trace to FILE, with an instant event at each finding's accesses.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def check(trace_path: str | None, time_scale: float, json_path: str | None, timeline_path: str | None,
+          quiet: bool, args: tuple[str, ...]) -> None:
+    """Run a workload in checker mode: is it safe to drop the BQL?
+
+    Watches every device's fields, the BQL and the device mutexes, and prints each finding: a race
+    (a field written by one task and accessed by another with no lock in common, with the lock
+    that would fix it), an IRQ line raised or lowered without the BQL (irq-without-bql), a
+    lock-order inversion. ARGS are the machine options below, e.g. --series before --lockless
+    serial, or --patch=-hpet-irq-bql. Exit 0 when clean, 1 with findings, 2 on usage errors.
+    """
+    from .config import SMP, MachineConfig
+    from .trace import Tracer
+
+    json_file = _out_file(json_path, "--json")
+    timeline_file = _out_file(timeline_path, "--timeline")
+    workload = None
+    if trace_path is not None:
+        from .replay import ReplayWorkload, load_trace
+
+        if not Path(trace_path).exists():
+            raise click.UsageError(f"--trace {trace_path!r}: no such file")
+        parsed = load_trace(trace_path)
+        config = MachineConfig.parse(list(args))
+        if "-smp" not in args:
+            config = config.replace(smp=SMP.parse(str(parsed.recorded_vcpus)))
+        config = config.replace(workload="replay", workload_params=(("time_scale", time_scale),))
+        workload = ReplayWorkload(parsed, time_scale=time_scale)
+    else:
+        config = MachineConfig.parse(list(args))
+        _check_workload(config)
+    tracer = Tracer() if timeline_file is not None else None
+    report = _check_one(config, workload, tracer, quiet=quiet)
+    click.echo(report.format())
+    _write_outputs(report.result, json_file, tracer, timeline_file)
+    if report.result.interrupted:
+        raise KeyboardInterrupt
+    if report.findings:
+        raise click.exceptions.Exit(1)
 
 
 # -- sweep ----------------------------------------------------------------------------------------------
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.command(cls=_MachineCommand, refuse={
+    "-smp": "sweep sets the vCPU count of each run; give the counts with --smp LIST",
+    "--series": "sweep runs both series; --patch -NAME takes a switch out of 'after'"})
 @click.option("--smp", "smp_list", default="1,8,32,64,128,240", show_default=True,
-              help="Comma-separated vCPU counts.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
+              help="Comma-separated vCPU counts (each -smp N: 1 socket of N cores, as QEMU).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes [one per core].")
 @click.option("--json", "json_path", metavar="FILE", help="Write the results to FILE.")
 @click.option("--plot", "plot_dir", metavar="DIR", help="Write the scaling plot into DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_machine_args
 def sweep(smp_list: str, jobs: int | None, json_path: str | None, plot_dir: str | None, quiet: bool,
           args: tuple[str, ...]) -> None:
-    """A scaling table: the workload before and after the series at each vCPU count."""
+    """A scaling table: the workload before and after the series at each vCPU count.
+
+    ARGS are the machine options below (all but -smp and --series), e.g. --workload boot -M
+    q35,hpet=off. Ctrl-C stops at once and prints the runs that finished.
+    """
     from .config import MachineConfig
-    from .sweep import format_sweep, parse_smp_list, sweep as run_sweep
+    from .sweep import SweepRow, format_sweep, parse_smp_list, sweep as run_sweep
 
     cpus = parse_smp_list(smp_list)
     json_file = _out_file(json_path, "--json")
     plots = _out_dir(plot_dir)
-    base = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", "--workload", "boot", *args])
+    base = MachineConfig.parse(list(args))
+    _check_workload(base)
+    finished: dict[tuple[int, str], Result] = {}
     with _progress(quiet, 2 * len(cpus), "runs") as bar:
-        rows = run_sweep(base, cpus, jobs=jobs, progress=lambda d, t: bar.update(d, f"sweep: {d}/{t} runs"))
+        def got(n: int, label: str, r: Result) -> None:
+            finished[n, label] = r
+
+        try:
+            rows = run_sweep(base, cpus, jobs=jobs, on_result=got,
+                             progress=lambda d, t: bar.update(d, f"sweep: {d}/{t} runs"))
+        except KeyboardInterrupt:
+            bar.close()
+            rows = [SweepRow(n, finished[n, "before"], finished[n, "after"]) for n in cpus
+                    if (n, "before") in finished and (n, "after") in finished]
+            click.echo(f"interrupted: {len(finished)} of {2 * len(cpus)} runs finished")
+            if rows:
+                click.echo(format_sweep(rows))
+            if json_file is not None:
+                _write_json(json_file, {"schema": "aemu.sweep/1", "interrupted": True, "runs": [
+                    {"cpus": n, **{label: finished[n, label].to_dict()
+                                   for label in ("before", "after") if (n, label) in finished}}
+                    for n in cpus if (n, "before") in finished or (n, "after") in finished]})
+                click.echo(f"wrote {json_file}")
+            raise
     click.echo(format_sweep(rows))
     if json_file is not None:
         _write_json(json_file, {"schema": "aemu.sweep/1", "runs": [
@@ -334,7 +695,10 @@ def sweep(smp_list: str, jobs: int | None, json_path: str | None, plot_dir: str 
 
 # -- replay ---------------------------------------------------------------------------------------------
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.command(cls=_MachineCommand, defaults=["-accel", "kvm,kernel-irqchip=split"],
+             default_notes={"-smp": "as many vCPUs as the trace recorded"}, refuse={
+    "--workload": "replay's workload is the trace",
+    "--param": "replay's workload is the trace and takes no --param (--time-scale scales its gaps)"})
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--time-scale", type=click.FloatRange(0, None, min_open=True), default=1.0, show_default=True,
               help="Scale the recorded gaps between accesses.")
@@ -378,11 +742,16 @@ def replay(trace: str, time_scale: float, lenient: bool, json_path: str | None, 
 
 # -- mtree ----------------------------------------------------------------------------------------------
 
-@cli.command(context_settings=_PASSTHROUGH)
+@cli.command(cls=_MachineCommand, refuse={
+    "--workload": "the memory tree does not depend on the workload",
+    "--param": "the memory tree does not depend on the workload"})
 @click.option("-f", "flat", is_flag=True, help="Print the flat views (info mtree -f).")
 @_machine_args
 def mtree(flat: bool, args: tuple[str, ...]) -> None:
-    """Print ``info mtree`` for the machine the options describe."""
+    """Print info mtree (QEMU's monitor command) for the machine ARGS describe.
+
+    ARGS are the machine options below, e.g. -M pc,hpet=off -accel kvm,kernel-irqchip=off.
+    """
     from .config import MachineConfig
     from .machine import Machine
     from .memory import mtree_text
@@ -426,7 +795,7 @@ def costs(as_toml: bool, costs_path: str | None) -> None:
 @click.option("--reads", default=200, show_default=True, type=click.IntRange(1, 10**7), help="Timer reads per reader.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Random seed.")
 def demo(readers: int, reads: int, seed: int) -> None:
-    """The foundation's demo: timer-port reads as plain tasks, BQL vs lockless_io."""
+    """The smallest model: timer-port reads as plain asyncio tasks, under the BQL vs lockless."""
     from .demo import compare_timer_reads, format_comparison
 
     click.echo(format_comparison(compare_timer_reads(readers=readers, reads=reads, seed=seed)))
@@ -434,30 +803,54 @@ def demo(readers: int, reads: int, seed: int) -> None:
 
 # -- entry point --------------------------------------------------------------------------------------
 
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM is Ctrl-C: the same partial report, files and clean-up (QEMU too ends cleanly on it)."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit 0 ok, 1 run failed, 2 usage error, 130 interrupted."""
+    """Entry point: exit 0 ok, 1 run failed, 2 usage error, 130 interrupted (Ctrl-C or SIGTERM)."""
+    global _DEBUG
+    _DEBUG = False
+    sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        sigterm = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _main(argv: list[str] | None) -> int:
     from .errors import AemuError, ConfigError
     from .replay import TraceError
 
     try:
-        cli.main(args=argv, prog_name="aemu", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="aemu", standalone_mode=False)
+        if isinstance(rc, int) and rc:  # a command's click.exceptions.Exit(n), e.g. aemu check's 1
+            return rc
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except (click.UsageError, ConfigError, TraceError) as e:
-        if _DEBUG:
-            raise
         msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
-        click.echo(f"aemu: {msg}", err=True)
-        return 2
+        return _fail(msg, 2)
     except (click.Abort, KeyboardInterrupt):
         click.echo("aemu: interrupted", err=True)
         return 130
     except AemuError as e:  # a failed run: one line, the cause
-        if _DEBUG:
-            raise
-        click.echo(f"aemu: {e}", err=True)
-        return 1
+        return _fail(str(e), 1)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """One line naming the problem (after the traceback with --debug); the exit code stays."""
+    if _DEBUG:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"aemu: {message}", err=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,30 +1,30 @@
-"""The seed's comparison: the same workloads before and after the BQL-free series, plus an ablation.
+"""The comparison: the same workloads before and after the BQL-free series, plus an ablation.
 
-Default scenario (the seed's reproducer): ``boot`` on ``-M q35,hpet=off -smp 240,sockets=4 -accel
+Default scenario (the series' reproducer): ``boot`` on ``-M q35,hpet=off -smp 240,sockets=4 -accel
 kvm,kernel-irqchip=split`` and ``hpet-bench`` on the same machine with the HPET on. Each runs
-"before" (no switch) and "after" (all switches); the ablation runs "after" with one switch off
-at a time (and whatever needs it). Runs are spread over the host's cores with a process pool.
-The core functions return results; :func:`format_comparison` makes the text report.
+"before" (no switch) and "after" (every switch, less those ``--patch -NAME`` turns off); the
+ablation runs "after" with one switch off at a time (and whatever needs it). Runs are spread over
+the host's cores by :func:`aemu.batch.run_all` (Ctrl-C stops them at once). The core functions
+return results; :func:`format_comparison` makes the text report.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from .batch import run_all
 from .config import SERIES, MachineConfig
 from .costs import CostModel
-from .patches import PATCHES
-from .machine import DEFAULT_CAP_NS, simulate
+from .patches import ABLATION, PATCHES
+from .machine import DEFAULT_CAP_NS
 from .errors import ConfigError
 from .result import Result
 from .workloads import WORKLOADS, get_workload
 
-__all__ = ["Comparison", "DEFAULT_ARGS", "compare", "format_comparison", "seed_configs"]
+__all__ = ["Comparison", "DEFAULT_ARGS", "compare", "format_comparison", "format_finished", "seed_configs"]
 
-#: The seed's machine (hpet=off for boot; hpet-bench turns the HPET on).
+#: The series' reproducer machine (hpet=off for boot; hpet-bench turns the HPET on).
 DEFAULT_ARGS = "-M q35,hpet=off -smp 240,sockets=4 -accel kvm,kernel-irqchip=split"
 
 
@@ -36,8 +36,8 @@ class Comparison:
     bench: dict[str, Result]
 
 
-def _without(patch: str) -> frozenset[str]:
-    """'after' minus ``patch`` and every switch that needs it."""
+def _without(after: frozenset[str], patch: str) -> frozenset[str]:
+    """``after`` minus ``patch`` and every switch that needs it."""
     off = {patch}
     changed = True
     while changed:
@@ -46,11 +46,15 @@ def _without(patch: str) -> frozenset[str]:
             if name not in off and off & set(pre):
                 off.add(name)
                 changed = True
-    return SERIES["after"] - off
+    return after - off
 
 
 def seed_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, ablation: bool = True) -> dict[str, dict[str, MachineConfig]]:
-    """The configurations to run: {"boot": {label: config}, "hpet-bench": {...}}."""
+    """The configurations to run: {"boot": {label: config}, "hpet-bench": {...}}.
+
+    "after" is the patches ``args`` give (the whole series unless ``--patch`` turns some off);
+    ``--param`` values are checked here, before anything runs.
+    """
     get_workload("boot")  # registers the built-in workloads
     base = MachineConfig.parse(args)
     out: dict[str, dict[str, MachineConfig]] = {}
@@ -61,34 +65,32 @@ def seed_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, ablation: bool = T
                               f"{', '.join(sorted(accepted['boot'] | accepted['hpet-bench']))}")
     for workload, hpet in (("boot", base.hpet), ("hpet-bench", True)):
         params = tuple((k, v) for k, v in base.workload_params if k in accepted[workload])
+        get_workload(workload, **dict(params))  # a bad value is a usage error now, not in a worker
         wl_base = base.replace(workload=workload, hpet=hpet, workload_params=params)
-        runs = {"before": wl_base.replace(patches=SERIES["before"]), "after": wl_base.replace(patches=SERIES["after"])}
+        runs = {"before": wl_base.replace(patches=SERIES["before"]), "after": wl_base}
         if ablation:
-            for p in PATCHES:
-                runs[f"after -{p}"] = wl_base.replace(patches=_without(p))
+            for p in ABLATION:  # the six patches; not the follow-up fix (aemu check shows what it fixes)
+                if p in base.patches:
+                    runs[f"after -{p}"] = wl_base.replace(patches=_without(base.patches, p))
         out[workload] = runs
     return out
 
 
 def compare(args: str | Sequence[str] = DEFAULT_ARGS, *, ablation: bool = True, jobs: int | None = None,
             progress: Callable[[str, Result], None] | None = None) -> Comparison:
-    """Run the comparison (in parallel over ``jobs`` processes, default: one per core)."""
+    """Run the comparison (in parallel over ``jobs`` processes, default: one per core).
+
+    ``progress(label, result)`` is called as each run finishes ("boot before", "hpet-bench after
+    -hpet-lock"); after a Ctrl-C (``KeyboardInterrupt``, which propagates) those are what finished.
+    """
     configs = seed_configs(args, ablation=ablation)
-    flat = [(wl, label, cfg) for wl, runs in configs.items() for label, cfg in runs.items()]
-    jobs = jobs or os.cpu_count() or 1
-    results: dict[tuple[str, str], Result] = {}
-    if jobs == 1:
-        for wl, label, cfg in flat:
-            results[wl, label] = r = simulate(cfg)
-            if progress:
-                progress(f"{wl} {label}", r)
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {(wl, label): pool.submit(simulate, cfg) for wl, label, cfg in flat}
-            for key, fut in futures.items():
-                results[key] = r = fut.result()
-                if progress:
-                    progress(" ".join(key), r)
+    flat = [((wl, label), cfg) for wl, runs in configs.items() for label, cfg in runs.items()]
+
+    def done(key: tuple[str, str], r: Result) -> None:
+        if progress is not None:
+            progress(" ".join(key), r)
+
+    results = run_all(flat, jobs=jobs, done=done)
     return Comparison({lbl: results["boot", lbl] for lbl in configs["boot"]},
                       {lbl: results["hpet-bench", lbl] for lbl in configs["hpet-bench"]})
 
@@ -124,6 +126,9 @@ def format_comparison(c: Comparison) -> str:
            f"virtual time; costs: {'the defaults' if b0.config.costs == CostModel() else 'from --costs'} "
            f"(see `aemu costs`); BQL hand-off: {b0.config.lock_policy}",
            "", f"{'':<{w0}}  {'before':>{w}}  {'after':>{w}}"]
+    if b1.config.patches != SERIES["after"]:
+        off = [p for p in PATCHES if p not in b1.config.patches]
+        out.insert(2, f"after: the series without {', '.join(off)} (--patch)")
     out += [f"{n:<{w0}}  {x:>{w}}  {y:>{w}}" for n, x, y in rows]
     abl = [(k.removeprefix("after -"), c.boot[k], c.bench[k]) for k in c.boot if k.startswith("after -")]
     if abl:
@@ -134,6 +139,17 @@ def format_comparison(c: Comparison) -> str:
             out.append(f"{name:<24}  {_boot_time(rb):>24}  {_us(rh.regions_by_name()['hpet'].p50):>14}  "
                        f"{rb.bql.contentions:>22,}  {top}")
     out += ["", "verdict: " + verdict(c)]
+    return "\n".join(out)
+
+
+def format_finished(results: dict[str, Result], total: int) -> str:
+    """What finished of an interrupted comparison: one line per run, with its metric."""
+    out = [f"interrupted: {len(results)} of {total} runs finished"]
+    width = max((len(label) for label in results), default=0)
+    for label, r in results.items():
+        m = r.metric
+        out.append(f"  {label:<{width}}  {m.name}: {m.value:,.1f} {m.unit}".rstrip()
+                   + ("" if r.finished else " (cap reached)"))
     return "\n".join(out)
 
 

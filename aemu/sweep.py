@@ -1,19 +1,20 @@
 """Scaling sweeps: the same workload before and after the series at several vCPU counts.
 
-Runs are spread over the host's cores with a local process pool; the result is a list of rows
-(vCPUs, series label, Result) that the CLI prints as a table and plots as "metric vs vCPUs".
+"Before" is the workload with no switch of the series on; "after" is the configuration as given
+(the whole series unless ``--patch`` turns some off). Each count is a machine of ``-smp N`` as
+QEMU completes it (one socket of N cores). Runs are spread over the host's cores by
+:func:`aemu.batch.run_all` (Ctrl-C stops them at once); the result is a list of rows (vCPUs,
+before, after) that the CLI prints as a table and plots as "metric vs vCPUs".
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from .batch import run_all
 from .config import SERIES, SMP, MachineConfig
 from .errors import ConfigError
-from .machine import simulate
 from .result import Result
 
 __all__ = ["SweepRow", "parse_smp_list", "sweep", "format_sweep"]
@@ -41,30 +42,28 @@ def parse_smp_list(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def _with_cpus(base: MachineConfig, n: int) -> MachineConfig:
-    sockets = base.smp.sockets if n % base.smp.sockets == 0 else 1
-    return base.replace(smp=SMP.complete(cpus=n, sockets=sockets))
-
-
 def sweep(base: MachineConfig, cpus: Sequence[int], *, jobs: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> list[SweepRow]:
-    """Run ``base`` before and after the series at each vCPU count (in parallel)."""
-    configs = [(n, label, _with_cpus(base, n).replace(patches=SERIES[label]))
-               for n in cpus for label in ("before", "after")]
-    jobs = jobs or os.cpu_count() or 1
-    results: dict[tuple[int, str], Result] = {}
-    if jobs == 1:
-        for i, (n, label, cfg) in enumerate(configs):
-            results[n, label] = simulate(cfg)
-            if progress:
-                progress(i + 1, len(configs))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futs = {(n, label): pool.submit(simulate, cfg) for n, label, cfg in configs}
-            for i, (key, fut) in enumerate(futs.items()):
-                results[key] = fut.result()
-                if progress:
-                    progress(i + 1, len(configs))
+          progress: Callable[[int, int], None] | None = None,
+          on_result: Callable[[int, str, Result], None] | None = None) -> list[SweepRow]:
+    """Run ``base`` before and after the series at each vCPU count (in parallel).
+
+    ``progress(done, total)`` and ``on_result(cpus, "before" | "after", result)`` are called as
+    each run finishes; after a Ctrl-C (``KeyboardInterrupt``, which propagates) those are what
+    finished.
+    """
+    configs = [((n, label), base.replace(smp=SMP.complete(cpus=n), patches=patches))
+               for n in cpus for label, patches in (("before", SERIES["before"]), ("after", base.patches))]
+    finished = 0
+
+    def done(key: tuple[int, str], r: Result) -> None:
+        nonlocal finished
+        finished += 1
+        if on_result is not None:
+            on_result(*key, r)
+        if progress is not None:
+            progress(finished, len(configs))
+
+    results = run_all(configs, jobs=jobs, done=done)
     return [SweepRow(n, results[n, "before"], results[n, "after"]) for n in cpus]
 
 

@@ -126,3 +126,247 @@ def test_run_writes_a_timeline_in_virtual_and_real_time(mode: list[str], capsys:
     assert {e["cat"] for e in spans} >= {"guest", "exit"}
     assert len({e["tid"] for e in spans}) >= 2  # both vCPUs
     assert 0 <= min(e["ts"] for e in spans) < 1e6  # µs since the run's start, not the host's clock
+
+
+# -- issue 11: what a new user trips over -----------------------------------------------------------------
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from aemu.cli import _MachineCommand, cli  # noqa: E402
+from aemu.config import MachineConfig  # noqa: E402
+from aemu.patches import ABLATION, PATCHES  # noqa: E402
+from aemu.workloads import WORKLOADS  # noqa: E402
+
+TRACE = "tests/data/linux-boot-excerpt.trace"
+MACHINE_COMMANDS = ["run", "compare", "sweep", "replay", "mtree"]
+
+
+@pytest.mark.parametrize("command", MACHINE_COMMANDS)
+@pytest.mark.parametrize("spelling", [["--patch", "-hpet-lock"], ["--patch=-hpet-lock"], ["--patch", "hpet-lock"],
+                                      ["--patch", "-irqchip-pre-run"], ["-machine", "q35"], ["--seed", "-1"]])
+def test_machine_options_bypass_clicks_parser(command: str, spelling: list[str]) -> None:
+    """Regression: ``--patch -hpet-...`` printed help and exited 0 (click read ``-h``); ``-machine`` too."""
+    import click
+
+    cmd = cli.commands[command]
+    assert isinstance(cmd, _MachineCommand)
+    with click.Context(cmd) as ctx:
+        positional = [TRACE] if command == "replay" else []
+        own, machine = cmd.split_args(ctx, [*positional, "-q", *spelling, "-smp", "4"] if command != "mtree"
+                                      else [*spelling, "-f", "-smp", "4"])
+    assert machine == [*spelling, "-smp", "4"]
+    assert "-h" not in own and "--help" not in own
+
+
+@pytest.mark.parametrize("spelling", [["--patch", "-hpet-counter-lockless"], ["--patch=-hpet-counter-lockless"],
+                                      ["--series", "before", "--patch", "lockless-io,hpet-lock,hpet-counter-lockless"]])
+def test_run_with_every_patch_spelling(spelling: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert main(["run", "-q", "-smp", "2", "--param", "reads=5", *spelling, "--json", str(out)]) == 0
+    assert "Usage:" not in capsys.readouterr().out
+    patches = set(json.loads(out.read_text())["config"]["patches"])
+    assert "hpet-counter-lockless" in patches if "before" in spelling else "hpet-counter-lockless" not in patches
+
+
+def test_patch_off_with_what_needs_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-q", "--param", "reads=3", "--patch", "-hpet-lock"]) == 2
+    assert "turn 'hpet-lock' on, or 'hpet-counter-lockless' off too" in capsys.readouterr().err
+    assert main(["run", "-q", "--param", "reads=3", "--patch", "-hpet-lock,-hpet-counter-lockless"]) == 0
+    series = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("series"))
+    assert "custom (lockless-io, pmtimer-lockless, " in series and "hpet-lock" not in series
+
+
+def test_compare_sweep_and_replay_take_patch_minus_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--patch -NAME takes a switch out of 'after' (compare and sweep ignored --patch before)."""
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "2", "--param", "phases=1",
+                 "--param", "reads=5", "--patch", "-hpet-counter-lockless"]) == 0
+    assert "after: the series without hpet-counter-lockless (--patch)" in capsys.readouterr().out
+    out = tmp_path / "s.json"
+    assert main(["sweep", "-q", "--jobs", "1", "--smp", "2", "--param", "reads=5", "--patch", "-hpet-counter-lockless",
+                 "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["before"]["config"]["patches"] == []
+    assert "hpet-counter-lockless" not in run["after"]["config"]["patches"]
+    assert main(["replay", TRACE, "-q", "--patch", "-hpet-lock,-hpet-counter-lockless"]) == 0
+    assert "custom" in capsys.readouterr().out
+
+
+def _interrupt(argv: list[str], after_s: float, sig: signal.Signals) -> tuple[int, str, str, float]:
+    """Run ``aemu ARGV``, send ``sig`` after ``after_s``; (exit code, out, err, seconds it took to stop)."""
+    proc = subprocess.Popen([sys.executable, "-m", "aemu.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(after_s)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_compare_at_once_with_what_finished(sig: signal.Signals, tmp_path: Path) -> None:
+    """Regression: Ctrl-C on compare waited 30+ s for every run and threw the results away."""
+    out_json = tmp_path / "c.json"
+    # boot 'before' stalls for seconds at phases=60 (it hits the 2 s virtual cap); 'after' takes about 2 s
+    code, out, err, took = _interrupt(["compare", "-q", "--jobs", "2", "-smp", "64", "--param", "phases=60",
+                                       "--json", str(out_json)], 4.0, sig)
+    assert code == 130 and took < 3.0, (code, took, err)  # it waited 30+ s before
+    assert "aemu: interrupted" in err and "Traceback" not in err
+    line = next(x for x in out.splitlines() if x.startswith("interrupted:"))
+    n = int(line.split()[1])
+    assert line == f"interrupted: {n} of {2 * (2 + len(ABLATION))} runs finished"
+    assert len([x for x in out.splitlines() if x.startswith(("  boot ", "  hpet-bench "))]) == n
+    doc = json.loads(out_json.read_text())
+    assert doc["interrupted"] is True and sum(len(doc[w]) for w in ("boot", "hpet-bench")) == n
+
+
+def test_ctrl_c_stops_sweep_at_once() -> None:
+    code, out, err, took = _interrupt(["sweep", "-q", "--jobs", "2", "--smp", "64,128,240", "--workload", "boot",
+                                       "--param", "phases=60", "-accel", "kvm,kernel-irqchip=split"], 3.0, signal.SIGINT)
+    assert code == 130 and took < 3.0, (code, took, err)
+    assert out.startswith("interrupted: ") and "of 6 runs finished" in out and "Traceback" not in err
+
+
+def test_sigterm_is_ctrl_c_report_json_and_qmp_socket(tmp_path: Path) -> None:
+    """Regression: SIGTERM killed aemu run with no report, no JSON, and the QMP socket left behind."""
+    out_json, sock = tmp_path / "r.json", tmp_path / "qmp.sock"
+    argv = ["run", "-q", "-smp", "64", "-accel", "kvm,kernel-irqchip=split", "--workload", "boot", "--series",
+            "before", "--param", "phases=200", "--duration", "60s", "--json", str(out_json),
+            "-qmp", f"unix:{sock},server,wait=off"]
+    proc = subprocess.Popen([sys.executable, "-m", "aemu.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 20
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "BQL" in out and f"wrote {out_json}" in out and "Traceback" not in err
+    assert json.loads(out_json.read_text())["interrupted"] is True
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize("delay", [1.0, 1.5, 2.5])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_start_up_prints_no_traceback(delay: float, sig: signal.Signals) -> None:
+    """A signal once aemu's own code runs (imports done) ends it quietly: exit 130 or a clean finish."""
+    code, _out, err, _took = _interrupt(["run", "-q", "-smp", "64", "-accel", "kvm,kernel-irqchip=split", "--workload",
+                                         "boot", "--series", "before", "--param", "phases=20"], delay, sig)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert code in (0, 130)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--lockless", ""], "--lockless: '' has an empty region name"),
+    (["run", "--timeline", "/tmp/aemu-t.json", "--timeline-window", "5ms:1ms"], "END must be after START"),
+    (["run", "--timeline-window", "0:1ms"], "--timeline-window needs --timeline FILE"),
+    (["sweep", "--smp", "8", "-smp", "4"], "-smp: sweep sets the vCPU count of each run; give the counts with --smp"),
+    (["sweep", "--series", "before"], "--series: sweep runs both series"),
+    (["compare", "--series", "before"], "--series: compare runs both series"),
+    (["compare", "--workload", "idle"], "--workload: compare runs boot and hpet-bench"),
+    (["replay", TRACE, "--workload", "boot"], "--workload: replay's workload is the trace"),
+    (["replay", TRACE, "--param", "reads=5"], "--param: replay's workload is the trace"),
+    (["mtree", "--workload", "boot"], "--workload: the memory tree does not depend on the workload"),
+    (["run", "--param", "reads=-1"], "workload 'hpet-bench': parameter reads must be an integer >= 1, got -1"),
+    (["run", "--param", "reads=abc"], "parameter reads must be an integer >= 1, got 'abc'"),
+    (["run", "--param", "bogus=1"], "unknown parameter 'bogus'; accepted: reads"),
+    (["sweep", "--param", "reads=0"], "parameter reads must be an integer >= 1, got 0"),
+    (["compare", "--param", "phases=0"], "parameter phases must be an integer >= 1, got 0"),
+    (["compare", "--param", "reads=1.5"], "parameter reads must be an integer >= 1, got 1.5"),
+    (["run", "--costs", "/dev/zero"], "is larger than 1 MiB"),
+    (["costs", "--costs", "/dev/zero"], "is larger than 1 MiB"),
+    (["run", "-hpet-lock"], "unknown option '-hpet-lock'"),
+])
+def test_ignored_or_unchecked_input_is_a_one_line_usage_error(argv: list[str], needle: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_misspelt_region_in_costs_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[handler_ns]\nnosuchregion = 10\n")
+    assert main(["run", "--costs", str(p)]) == 2
+    assert "[handler_ns] 'nosuchregion' is not a region aemu models" in capsys.readouterr().err
+
+
+def test_one_default_per_option_in_run_and_sweep(tmp_path: Path) -> None:
+    """Regression: run -smp 8 gave sockets=8,cores=1, sweep sockets=1,cores=8; irqchip and workload differed."""
+    r, s = tmp_path / "r.json", tmp_path / "s.json"
+    assert main(["run", "-q", "-smp", "8", "--param", "reads=3", "--json", str(r)]) == 0
+    assert main(["sweep", "-q", "--jobs", "1", "--smp", "8", "--param", "reads=3", "--json", str(s)]) == 0
+    run_config = json.loads(r.read_text())["config"]
+    sweep_config = json.loads(s.read_text())["runs"][0]["after"]["config"]
+    defaults = MachineConfig()
+    for config in (run_config, sweep_config):
+        assert (config["smp"]["sockets"], config["smp"]["cores"]) == (1, 8)  # QEMU >= 6.2: cores first
+        assert config["kernel_irqchip"] == defaults.kernel_irqchip == "on"  # QEMU's default
+        assert config["workload"] == defaults.workload
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "mtree"])
+def test_help_shows_the_machine_options_and_their_defaults(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Machine options (ARGS" in out and "ARGS" in out.split("Options:")[0]
+    assert "[kvm,kernel-irqchip=on]" in out and "[q35,hpet=on]" in out
+    assert ("[hpet-bench]" in out) == (command != "mtree")
+
+
+def test_compare_help_shows_its_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "[kvm,kernel-irqchip=split]" in out and "[240,sockets=4]" in out and "--workload NAME" not in out
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in ["compare", "run", "sweep", "replay", "mtree", "costs", "demo"])])
+def test_help_texts_are_plain_words(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: help showed ``reStructuredText`` marks and words a user cannot know."""
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "`" not in out and "seed's" not in out and "foundation" not in out, out
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare"], ["sweep"], ["replay"], ["mtree"]])
+@pytest.mark.parametrize("topic, needles", [
+    (["-M", "help"], ["Supported machines are:", "q35 ", "pc ", "(default)"]),
+    (["-machine", "?"], ["Supported machines are:"]),
+    (["-accel", "help"], ["kvm", "kernel-irqchip", "split", "off"]),
+    (["--workload", "help"], [f"  {name} " for name in WORKLOADS] + ["reads=300", "phases=3"]),
+    (["--patch=help"], [f"  {name} " for name in PATCHES]),
+    (["--lockless", "help"], ["  serial", "  acpi-tmr", "  rtc"]),
+])
+def test_help_values_list_what_is_accepted(command: list[str], topic: list[str], needles: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, *topic]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in needles), out
+
+
+def test_lockless_help_lists_the_regions_of_the_machine_described(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-M", "pc", "-accel", "kvm,kernel-irqchip=off", "--lockless", "help"]) == 0
+    off = capsys.readouterr().out
+    assert main(["run", "--lockless", "help"]) == 0
+    on = capsys.readouterr().out
+    assert "  pic\n" in off and "  pic\n" not in on
+
+
+def test_bare_aemu_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: bare aemu printed 'aemu: Usage: ...' and exited 2."""
+    assert main([]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("Usage: aemu [OPTIONS] COMMAND") and "Commands:" in out and err == ""
+
+
+def test_debug_keeps_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: --debug turned a usage error's exit 2 into 1."""
+    assert main(["--debug", "run", "-smp", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "aemu: -smp: cpus=0 is not allowed; use a positive number"
+    assert main(["run", "-smp", "0"]) == 2  # and --debug does not stick to the next call
+    assert "Traceback" not in capsys.readouterr().err
