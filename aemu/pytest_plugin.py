@@ -142,19 +142,20 @@ def loop_factory(options: VirtualTimeOptions = VirtualTimeOptions()) -> Callable
 
 # -- pytest-asyncio ----------------------------------------------------------------------------------
 
-@pytest.hookimpl(wrapper=True, optionalhook=True)
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Generator[
-        None, Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None,
-        Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None]:
+# Old-style hook wrappers (``hookwrapper=True``): the plugin loads in every pytest run of an
+# environment that has aemu, whatever its pytest and pluggy, so it uses what all of them have.
+
+@pytest.hookimpl(hookwrapper=True, optionalhook=True)
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Generator[None, Any, None]:
     """pytest-asyncio (1.4+) asks which loops to run ``item`` on: aemu's for a virtual-time test,
     else what another implementation (a conftest) says, else asyncio's default loop."""
-    others = yield
+    outcome = yield
     options = virtual_time_options(item)
+    factories: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None = outcome.get_result()
     if options is not None:
-        return {"aemu": loop_factory(options)}
-    if others is not None:
-        return others
-    return {"asyncio": asyncio.new_event_loop}  # what pytest-asyncio does when no hook answers
+        outcome.force_result({"aemu": loop_factory(options)})
+    elif factories is None:
+        outcome.force_result({"asyncio": asyncio.new_event_loop})  # what pytest-asyncio does when no hook answers
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -187,8 +188,8 @@ def _virtual_anyio_backend(backend: Any, options: VirtualTimeOptions) -> Any:
     return backend
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, None]:
     """An async fixture run by anyio's plugin gets the virtual-time ``anyio_backend`` (this runs
     inside anyio's own wrapper of the hook, after it has put its runner around the fixture)."""
     func = fixturedef.func
@@ -196,7 +197,8 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     if getattr(func, "__module__", None) == "anyio.pytest_plugin" and "anyio_backend" in fixturedef.argnames:
         options = virtual_time_options(request.node)
     if options is None or not inspect.isgeneratorfunction(func):
-        return (yield)
+        yield
+        return
 
     def in_virtual_time(**kwargs: Any) -> Generator[Any, Any, Any]:
         kwargs["anyio_backend"] = _virtual_anyio_backend(kwargs["anyio_backend"], options)
@@ -204,28 +206,30 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
 
     fixturedef.func = in_virtual_time  # type: ignore[misc]
     try:
-        return (yield)
+        yield
     finally:
         fixturedef.func = func  # type: ignore[misc]
 
 
 # -- the test itself -------------------------------------------------------------------------------
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
     """Run a virtual-time coroutine test through :func:`_in_virtual_time` (and give anyio's
     runner the virtual-time backend)."""
-    if not isinstance(item, pytest.Function) or not inspect.iscoroutinefunction(item.obj):
-        return (yield)
-    options = virtual_time_options(item)
+    options = None
+    if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+        options = virtual_time_options(item)
     if options is None:
-        return (yield)
+        yield
+        return
+    assert isinstance(item, pytest.Function)
     test, backend = item.obj, item.funcargs.get("anyio_backend")
     item.obj = _in_virtual_time(test, item, trio=backend is not None and _backend_name(backend) == "trio")
     if backend is not None:
         item.funcargs["anyio_backend"] = _virtual_anyio_backend(backend, options)
     try:
-        return (yield)
+        yield
     finally:
         item.obj = test
         if backend is not None:
