@@ -17,8 +17,9 @@ The loop (:class:`VirtualTimeLoop`) is asyncio's own selector loop with two chan
   loop never uses asyncio's ``TimerHandle`` heap.
 
 Outside work is waited for in real time, with virtual time held: an executor job
-(``run_in_executor``, ``asyncio.to_thread``, the default executor's shutdown) or a child process
-is never jumped past. A watched socket or pipe holds time for ``io_grace`` real seconds after
+(``run_in_executor``, ``asyncio.to_thread``, the default executor's shutdown), a child process,
+and with ``anyio_workers=True`` a busy anyio worker thread (``anyio.to_thread.run_sync``) are
+never jumped past. A watched socket or pipe holds time for ``io_grace`` real seconds after
 its last I/O event (default 0: just poll), so a reply that is on its way arrives before the jump;
 with no timer pending, the loop waits ``io_timeout`` real seconds for it (default: forever).
 
@@ -164,7 +165,7 @@ class _VirtualSelector(selectors.BaseSelector):
         loop = self.loop
         assert loop is not None
         watching = self._registered > 1  # >1: the self-pipe is always registered
-        outside = loop._outside_jobs > 0
+        outside = loop._outside_jobs > 0 or loop._anyio_worker_busy()
         if timeout is not None:  # callbacks are ready (or the loop is stopping): just poll
             return self._wait(0) if watching or outside else []
         if outside:  # an executor job or a child process: time holds until it ends (real time)
@@ -208,7 +209,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     _closed = True  # until asyncio's __init__ says otherwise: a loop whose __init__ raised is no "unclosed loop"
 
     def __init__(self, *, pace: float | None = None, start_ns: int = 0, io_grace: float = 0.0,
-                 io_timeout: float | None = None) -> None:
+                 io_timeout: float | None = None, anyio_workers: bool = False) -> None:
         if pace is not None and not pace > 0:
             raise ValueError(f"pace must be a positive number (virtual seconds per wall second), got {pace!r}")
         if start_ns < 0:
@@ -223,6 +224,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         #: Real seconds to wait for I/O when no timer is pending and only a watched socket could
         #: wake the run, before it is a deadlock (None: forever).
         self.io_timeout = io_timeout
+        #: Also hold time while one of anyio's worker threads (``anyio.to_thread.run_sync``) works
+        #: for this loop: it reports through ``call_soon_threadsafe`` only, so finding it means
+        #: looking at the threads, done only when a jump is due (the pytest plugin turns it on).
+        self.anyio_workers = bool(anyio_workers)
         selector = _VirtualSelector()
         self._now_ns = start_ns
         # Timers as a calendar: a heap of distinct instants, and for each instant its entries
@@ -243,7 +248,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         #: Sleeps completed without a loop turn because nothing else could run before they end.
         self.fast_forwards = 0
         self._skips = _SKIP_BUDGET
-        self._fast_forward = pace is None  # never while paced or paused (time must not run)
+        self._fast_forward = pace is None  # never while paced, paused or waiting for outside work
         self._paused = False
         super().__init__(selector)
         selector.loop = self
@@ -279,7 +284,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     @paused.setter
     def paused(self, value: bool) -> None:
         self._paused = bool(value)
-        self._fast_forward = self._pace is None and not self._paused
+        self._update_fast_forward()
 
     @property
     def pace(self) -> float | None:
@@ -292,7 +297,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise ValueError(f"pace must be a positive number, got {value!r}")
         self._pace = value
         self._pace_origin = None
-        self._fast_forward = value is None and not self._paused
+        self._update_fast_forward()
+
+    def _update_fast_forward(self) -> None:
+        """Sleeps may skip their loop turn, and the loop step may jump without a look outside,
+        only while nothing holds time: no pacing, no pause, no outside work."""
+        self._fast_forward = self._pace is None and not self._paused and not self._outside_jobs
 
     # -- timers ------------------------------------------------------------------------------
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any,  # type: ignore[override]
@@ -372,7 +382,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         timers = self._timers
         selector = self._selector  # type: ignore[attr-defined]
         if (not ready and timers and self._fast_forward and not self._stopping  # type: ignore[attr-defined]
-                and selector._registered <= 1 and not self._outside_jobs):
+                and selector._registered <= 1 and not (self.anyio_workers and self._anyio_worker_busy())):
             # The common step of a simulation: nothing ready, no outside I/O, no pacing.
             self._release_next()
         else:
@@ -449,34 +459,51 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:  # type: ignore[override]
         """asyncio's ``run_in_executor``; virtual time holds until the job is done (it runs in real time)."""
         fut = super().run_in_executor(executor, func, *args)
-        self._outside_jobs += 1
-        fut.add_done_callback(self._outside_job_done)
+        self._outside_begin()
+        fut.add_done_callback(self._outside_end)
         return fut
 
-    def _outside_job_done(self, _fut: object = None) -> None:
+    def _outside_begin(self) -> None:
+        self._outside_jobs += 1
+        self._fast_forward = False
+
+    def _outside_end(self, _fut: object = None) -> None:
         self._outside_jobs -= 1
+        if not self._outside_jobs:
+            self._update_fast_forward()
+
+    def _anyio_worker_busy(self) -> bool:
+        """True if one of anyio's worker threads runs a job for this loop (``anyio_workers``)."""
+        if not self.anyio_workers or len(_threads) < 2:  # no thread but this one: nothing to look at
+            return False
+        for t in threading.enumerate():
+            idle = getattr(t, "idle_workers", None)
+            if (idle is not None and getattr(t, "loop", None) is self and t not in idle
+                    and not getattr(t, "stopping", True) and t.is_alive()):
+                return True
+        return False
 
     async def shutdown_default_executor(self, *args: Any) -> None:
         """asyncio's, with its joining thread counted as outside work (not a deadlock)."""
-        self._outside_jobs += 1
+        self._outside_begin()
         try:
             await super().shutdown_default_executor(*args)
         finally:
-            self._outside_jobs -= 1
+            self._outside_end()
 
     async def _make_subprocess_transport(self, *args: Any, **kwargs: Any) -> Any:
         """asyncio's; virtual time holds while the child process runs."""
-        self._outside_jobs += 1  # spawning
+        self._outside_begin()  # spawning
         try:
             transp = await super()._make_subprocess_transport(*args, **kwargs)  # type: ignore[misc]
         finally:
-            self._outside_jobs -= 1
+            self._outside_end()
         pid = transp.get_pid()
         if pid in self._reaped:
             self._reaped.discard(pid)
         else:
             self._children.add(pid)
-            self._outside_jobs += 1
+            self._outside_begin()
         return transp
 
     def _child_watcher_callback(self, pid: int, returncode: int, transp: Any) -> None:
@@ -486,7 +513,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _child_reaped(self, pid: int) -> None:
         if pid in self._children:
             self._children.remove(pid)
-            self._outside_jobs -= 1
+            self._outside_end()
         else:
             self._reaped.add(pid)
 
@@ -793,6 +820,7 @@ class _Running(threading.local):
 
 
 _running = _Running()
+_threads: Any = getattr(threading, "_active", ())  # live threads by ident: one len() says "only this one"
 
 
 def _forget_loop_after_fork() -> None:

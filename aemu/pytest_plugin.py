@@ -13,8 +13,9 @@ true`` (ini) or ``--aemu-virtual-time`` does it for every async test. A test tha
 * ``asyncio.sleep``, ``asyncio.timeout``, ``wait_for``, ``call_later``, ``anyio.sleep`` and
   ``anyio.fail_after`` advance virtual time only: the loop jumps to the next timer.
 * Threads, executors, child processes: virtual time holds while an executor job
-  (``asyncio.to_thread``, ``run_in_executor``, the default executor's shutdown) or a child
-  process (``asyncio.create_subprocess_*``) is outstanding; the loop waits for it in real time.
+  (``asyncio.to_thread``, ``run_in_executor``, the default executor's shutdown), one of anyio's
+  worker threads (``anyio.to_thread.run_sync``) or a child process (``asyncio.create_subprocess_*``)
+  is outstanding; the loop waits for it in real time.
 * Sockets: while a socket or pipe is watched, the loop waits up to ``io_grace`` real seconds
   (default 0.1 s) after the last real I/O event before it jumps to the next timer; with no timer
   pending it waits up to ``io_timeout`` real seconds (default 5 s) for I/O, then reports a
@@ -136,7 +137,8 @@ def loop_factory(options: VirtualTimeOptions = VirtualTimeOptions()) -> Callable
     factory = _factories.get(options)
     if factory is None:
         factory = _factories[options] = functools.partial(
-            VirtualTimeLoop, start_ns=options.start_ns, io_grace=options.io_grace, io_timeout=options.io_timeout)
+            VirtualTimeLoop, start_ns=options.start_ns, io_grace=options.io_grace, io_timeout=options.io_timeout,
+            anyio_workers=True)
     return factory
 
 

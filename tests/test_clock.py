@@ -121,6 +121,32 @@ class TestVirtualTime:
 
         assert clock.run(main()) == ("done", 0)
 
+    def test_sleep_ns_does_not_skip_past_an_executor_job(self) -> None:
+        seen: list[int] = []
+
+        async def ticker() -> None:
+            for _ in range(100):
+                await sleep_ns(10)  # may skip its loop turn, but not while a job is outstanding
+
+        async def main() -> None:
+            t = asyncio.create_task(ticker())
+            await asyncio.to_thread(time.sleep, 0.05)
+            seen.append(now_ns())
+            await t
+
+        clock.run(main())
+        assert seen == [0]
+
+    def test_anyio_worker_threads_hold_time_when_watched(self) -> None:
+        async def main() -> tuple[str, int]:
+            with anyio.fail_after(1):  # a jump would fire it
+                got = await anyio.to_thread.run_sync(lambda: (time.sleep(0.05), "done")[1])
+            await anyio.sleep(2)
+            return got, now_ns()
+
+        with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(anyio_workers=True)) as runner:
+            assert runner.run(main()) == ("done", 2 * 10**9)
+
     def test_the_default_executors_shutdown_is_not_a_deadlock(self) -> None:
         async def main() -> int:
             await asyncio.to_thread(time.sleep, 0.01)

@@ -106,6 +106,17 @@ async def test_to_thread_is_not_jumped_past() -> None:
 
 
 @pytest.mark.aemu
+async def test_anyio_to_thread_is_not_jumped_past() -> None:
+    import anyio
+
+    with anyio.fail_after(1):
+        await anyio.to_thread.run_sync(time.sleep, 0.05)
+    assert now_ns() == 0
+    await anyio.sleep(1)
+    assert now_ns() == S
+
+
+@pytest.mark.aemu
 async def test_run_in_executor_with_an_executor_of_its_own() -> None:
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -417,6 +428,7 @@ class TestInATemporaryProject:
 
     def test_anyio_plugin_asyncio_and_trio(self, pytester: pytest.Pytester) -> None:
         pytester.makepyfile(test_tmp_any='''
+            import time
             import anyio, pytest
             from aemu.clock import now_ns
 
@@ -438,6 +450,9 @@ class TestInATemporaryProject:
                         await anyio.sleep(3600)
                 assert anyio.current_time() == 15.0
                 if anyio_backend_name == "asyncio":  # on aemu's loop (trio: on its MockClock)
+                    assert now_ns() == 15_000_000_000
+                    with anyio.fail_after(1):  # anyio's worker threads are waited for too
+                        await anyio.to_thread.run_sync(time.sleep, 0.05)
                     assert now_ns() == 15_000_000_000
         ''')
         pytester.runpytest(*_QUIET, "-p", "no:asyncio").assert_outcomes(passed=2)
