@@ -79,8 +79,8 @@ from .sync import (
 
 from .workloads import Workload
 from .workloads import register as register_workload
-
 from .check import CheckReport, Finding, check  # noqa: E402  (the function shadows the module: aemu.check(...))
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -97,6 +97,6 @@ __all__ = [
     "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "Machine", "simulate", "simulate_machine",
     "Result", "Workload", "Metric", "register_workload",
     "Snapshot", "live", "run_realtime", "simulate_async",
-    "__version__",
     "CheckReport", "Finding", "check",
+    "__version__",
 ]

@@ -28,6 +28,9 @@ def test_custom_device() -> None:
     lines = out.splitlines()
     assert lines[0].strip().startswith("BQL:") and lines[1].strip().startswith("lockless:")
     assert "BQL acquisitions      0" in lines[1]
+    # the checker: the lockless doorbell's plain read races with its locked write; the safe one is clean
+    assert "race: Doorbell.count" in out and "fix: hold doorbell in vcpu" in out
+    assert out.rstrip().endswith("no findings")
 
 
 def test_sweep_plot(tmp_path: Path) -> None:

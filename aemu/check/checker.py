@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -40,8 +41,9 @@ from .lockset import Access, Lockset, Race
 from .order import Inversion, LockOrder
 from .report import KINDS, CheckReport, Finding
 
+from ..devices.base import Device
+
 if TYPE_CHECKING:
-    from ..devices.base import Device
     from ..irq import IRQLine
     from ..machine import Machine
     from ..timer import QEMUTimer
@@ -100,29 +102,33 @@ class Checker:
 
     # -- attaching ------------------------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
-        """Watch ``machine`` (built, not started) until :meth:`detach`."""
-        if watch.active is not None:
-            raise RuntimeError("another aemu checker is attached in this process; run one check at a time")
+        """Watch ``machine`` (built, not started) until :meth:`detach`: its devices (not those
+        in KVM), the seqlocks they hold, the BQL and the device mutexes."""
         self._machine = machine
-        devices: list[str] = []
-        seqlocks: list[str] = []
-        for dev in machine.devices:
-            if getattr(dev, "in_kernel", False):
-                continue  # KVM's state (the in-kernel irqchip), under KVM's locks, not QEMU's
+        self.watch([d for d in machine.devices if not getattr(d, "in_kernel", False)], machine.all_locks())
+
+    def watch(self, devices: Iterable[Device], locks: Iterable[Lock]) -> None:
+        """Watch these devices (and the seqlocks they hold) and locks until :meth:`detach`; the
+        checker becomes the process's active one. :meth:`attach` does it for a whole machine."""
+        if watch.active is not None and watch.active is not self:
+            raise RuntimeError("another aemu checker is attached in this process; run one check at a time")
+        names = list(self.devices)
+        seqlocks = list(self.seqlocks)
+        for dev in devices:
             if watch.watch_device(dev):
                 self._watched.append(dev)
-                devices.append(type(dev).__name__)
+                names.append(type(dev).__name__)
             for value in vars(dev).values():
                 if isinstance(value, SeqLock) and watch.watch_seqlock(value):
                     self._watched.append(value)
                     seqlocks.append(value.name)
-        locks: list[str] = []
-        for lock in machine.all_locks():
+        lock_names = list(self.locks)
+        for lock in locks:
             if watch.watch_lock(lock):
                 self._watched.append(lock)
-                locks.append(lock.name)
-        self.devices = tuple(dict.fromkeys(devices))
-        self.locks = tuple(locks)
+                lock_names.append(lock.name)
+        self.devices = tuple(dict.fromkeys(names))
+        self.locks = tuple(lock_names)
         self.seqlocks = tuple(seqlocks)
         watch.active = self
         _irq.checker = self
