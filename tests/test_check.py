@@ -462,6 +462,16 @@ class TestReports:
         assert isinstance(f, aemu.Finding) and f.kind in ("race", "irq-without-bql", "lock-order")
         assert isinstance(f.subject, str) and all(isinstance(s, str) for s in f.sites)
 
+    def test_checker_mode_changes_no_figure(self) -> None:
+        args = f"-smp 16 -M q35,hpet=on {SPLIT} --workload boot --series before"
+        plain = aemu.simulate(args).to_dict()
+        checked = aemu.check(args).result
+        assert checked is not None
+        doc = checked.to_dict()
+        assert doc.pop("check")["clean"] is True
+        plain.pop("wall_s"), doc.pop("wall_s")
+        assert doc == plain
+
     def test_a_machine_that_ran_is_refused(self) -> None:
         m, _ = counter_machine()
         check(m)

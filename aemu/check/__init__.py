@@ -45,24 +45,27 @@ def check(target: Machine | MachineConfig | str, workload: Workload | None = Non
     ``check``. ``tracer`` receives the run's spans and an instant event at each finding's accesses.
     """
     from .. import clock
+    from ..config import MachineConfig
     from ..machine import Machine
     from ..result import Result
     from ..runner import DEFAULT_CAP_NS, run_machine
 
+    checker = Checker(tracer=tracer)
     if isinstance(target, Machine):
         if workload is not None:
             raise TypeError("aemu.check: a workload goes with a configuration, not with a built Machine")
         if any(c.task is not None for c in target.vcpus):
             raise RuntimeError("aemu.check needs a machine that has not run yet; build a new one")
-        machine = target
-    else:
-        machine = Machine(target, workload)
-    checker = Checker(tracer=tracer)
-    checker.attach(machine)
+        checker.attach(target)
+        name = target.workload.name
+    else:  # built by run_machine on the run's loop, as simulate() builds it: the same figures
+        name = workload.name if workload is not None else (
+            target if isinstance(target, MachineConfig) else MachineConfig.parse(target)).workload
     try:
-        cap = None if machine.workload.name == "replay" else DEFAULT_CAP_NS
-        clock.run(run_machine(machine, tracer=tracer, duration_ns=duration_ns, default_cap_ns=cap,
-                              progress=progress, keep_partial=keep_partial))
+        machine = clock.run(run_machine(
+            target, workload, tracer=tracer, duration_ns=duration_ns, progress=progress,
+            default_cap_ns=None if name == "replay" else DEFAULT_CAP_NS, keep_partial=keep_partial,
+            on_start=None if isinstance(target, Machine) else checker.attach))
     finally:
         checker.detach()
     report = checker.report(config=machine.config)
