@@ -131,7 +131,7 @@ class TestBadInput:
             Machine(MachineConfig.parse("--lockless nope"))
 
     def test_unknown_workload_and_hpet_bench_without_hpet(self) -> None:
-        with pytest.raises(ConfigError, match="unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench"):
+        with pytest.raises(ConfigError, match="unknown workload 'nap'; accepted: boot, console, hpet-bench, idle, pmtimer-bench"):
             Machine(MachineConfig.parse("--workload nap"))
         with pytest.raises(ConfigError, match="needs the HPET"):
             Machine(MachineConfig.parse("-M q35,hpet=off --workload hpet-bench"))

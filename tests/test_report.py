@@ -373,7 +373,7 @@ class TestRunReport:
     def test_finished_run_and_device_mutex(self, finished: Result) -> None:
         text = render_run_report(finished, plain=True)
         assert re.search(r"^  status +finished$", text, re.M) and "more vCPUs" not in text
-        assert re.search(r"^  series +custom \(lockless-io, pmtimer-lockless, hpet-lock, irqchip-pre-run\)$",
+        assert re.search(r"^  series +custom \(lockless-io, pmtimer-lockless, hpet-lock, irqchip-pre-run, hpet-irq-bql\)$",
                          text, re.M)
         assert f"median read latency: {finished.metric.value:,.0f} ns" in text
         locks = section(text, "Locks")

@@ -22,6 +22,7 @@ from aemu.replay import ReplayWorkload
 from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
 from aemu.workloads.boot import Boot
+from aemu.workloads.console import Console
 from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, Idle, PMTimerBench
 
 SPLIT = "-accel kvm,kernel-irqchip=split"
@@ -56,15 +57,15 @@ class Nap(Workload):
 
 class TestRegistry:
     def test_builtin_table(self) -> None:
-        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot, ReplayWorkload)
-        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot", "replay"]
+        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot, Console, ReplayWorkload)
+        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot", "console", "replay"]
         assert all(WORKLOADS[c.name] is c for c in BUILTIN_WORKLOADS)
 
     def test_complete_on_import_without_get_workload(self) -> None:
         for first in ("aemu.workloads", "aemu.replay", "aemu.replay.workload", "aemu.workloads.base"):
             code = f"import {first}; from aemu.workloads import WORKLOADS; print(' '.join(WORKLOADS))"
             out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-            assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot", "replay"], first
+            assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot", "console", "replay"], first
 
     def test_register_a_user_workload(self, registry: dict[str, Any]) -> None:
         assert register(Nap) is Nap  # usable as a class decorator
@@ -81,7 +82,7 @@ class TestRegistry:
         assert isinstance(get_workload("idle"), Idle2)
 
     def test_unknown_workload_lists_the_accepted(self) -> None:
-        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, hpet-bench, idle, pmtimer-bench, replay$"):
+        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, console, hpet-bench, idle, pmtimer-bench, replay$"):
             get_workload("nap")
 
     def test_public_import_paths_and_no_aliases(self) -> None:
@@ -145,7 +146,7 @@ class TestParameters:
 
     def test_summaries_for_help(self) -> None:
         assert all(c.summary for c in BUILTIN_WORKLOADS)
-        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False, False]
+        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False, False, False]
 
 
 # -- guest programs ------------------------------------------------------------------------------
