@@ -634,63 +634,218 @@ def check(trace_path: str | None, time_scale: float, json_path: str | None, time
 
 # -- sweep ----------------------------------------------------------------------------------------------
 
+_EXECUTOR_HELP = ("Where the runs go: local (a process pool here), dask (a Dask LocalCluster here) or "
+                  "dask://HOST:PORT / tcp://HOST:PORT (a running Dask scheduler; pip install 'aemu[dask]').")
+
+
+def _sweep_progress(bar: _Progress, what: str) -> Callable[[Any], None]:
+    def show(p: Any) -> None:
+        bar.update(p.done, f"{what}: {p.words()}")
+    return show
+
+
 @cli.command(cls=_MachineCommand, refuse={
-    "-smp": "sweep sets the vCPU count of each run; give the counts with --smp LIST",
-    "--series": "sweep runs both series; --patch -NAME takes a switch out of 'after'"})
-@click.option("--smp", "smp_list", default="1,8,32,64,128,240", show_default=True,
-              help="Comma-separated vCPU counts (each -smp N: 1 socket of N cores, as QEMU).")
+    "--series": "give the series to sweep with --series LIST (a sweep option)",
+    "--patch": "give patch edits to sweep with --patch EDITS (a sweep option)",
+    "--lock-policy": "give the policies to sweep with --lock-policy LIST (a sweep option)",
+    "--host-cpus": "give the host CPU counts to sweep with --host-cpus LIST (a sweep option)"})
+@click.option("--smp", "smp_list", metavar="LIST",
+              help="vCPU counts, e.g. 1,8,32,64 (each -smp N: 1 socket of N cores, as QEMU) "
+                   "[1,8,32,64,128,240 when nothing else is swept].")
+@click.option("--series", "series_list", metavar="LIST", help="Series to run [before,after].")
+@click.option("--patch", "patch_list", metavar="EDITS", multiple=True,
+              help="Switch edits as --patch takes them (-NAME,NAME...); repeat for more points; none: no edit.")
+@click.option("--lock-policy", "policy_list", metavar="LIST", help="BQL hand-off policies, e.g. fifo,barging.")
+@click.option("--host-cpus", "host_cpus_list", metavar="LIST", help="Host CPU counts, e.g. 8,32,none.")
+@click.option("--set", "sets", metavar="NAME=LIST", multiple=True,
+              help="Any parameter: costs.NAME=2000,5000, costs.handler_ns.REGION=..., param.KEY=..., "
+                   "workload=..., seed=..., quantum=..., kernel-irqchip=...; repeat for more.")
+@click.option("--grid", "grid_path", metavar="FILE.toml", help="Dimensions from a file: a [grid] table of NAME = [values].")
+@click.option("--executor", default="local", show_default=True, metavar="local|dask|dask://HOST:PORT", help=_EXECUTOR_HELP)
 @click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes [one per core].")
-@click.option("--json", "json_path", metavar="FILE", help="Write the results to FILE.")
-@click.option("--plot", "plot_dir", metavar="DIR", help="Write the scaling plot into DIR.")
+@click.option("--jsonl", "jsonl_path", metavar="FILE", help="Write each run's row to FILE (JSON lines) as it finishes.")
+@click.option("--resume", "resume_path", metavar="FILE",
+              help="Skip the configurations FILE's rows already have (an earlier --jsonl), and add the new rows to it.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the whole sweep (aemu.sweep/2) to FILE at the end.")
+@click.option("--plot", "plot_dir", metavar="DIR", help="Write the plot of the metric against a swept parameter into DIR.")
+@click.option("--plot-x", metavar="NAME", help="The parameter on the plot's x axis [smp, or the first numeric one].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_machine_args
-def sweep(smp_list: str, jobs: int | None, json_path: str | None, plot_dir: str | None, quiet: bool,
-          args: tuple[str, ...]) -> None:
-    """A scaling table: the workload before and after the series at each vCPU count.
+def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, ...], policy_list: str | None,
+          host_cpus_list: str | None, sets: tuple[str, ...], grid_path: str | None, executor: str, jobs: int | None,
+          jsonl_path: str | None, resume_path: str | None, json_path: str | None, plot_dir: str | None,
+          plot_x: str | None, quiet: bool, args: tuple[str, ...]) -> None:
+    """Run the workload over a grid of options and costs: a table, rows as JSON lines, a plot.
 
-    ARGS are the machine options below (all but -smp and --series), e.g. --workload boot -M
-    q35,hpet=off. Ctrl-C stops at once and prints the runs that finished.
+    The grid is the product of the lists given: --smp 1,32,240 --set costs.bql_handoff_ns=2000,5000
+    is 3 x 2 points, each run before and after the series (--series). ARGS are the machine options
+    below, fixed for every run. A failed run is reported with its configuration and the others go
+    on; Ctrl-C stops at once and keeps what finished (--resume FILE goes on from there).
     """
+    from .batch import open_executor
     from .config import MachineConfig
-    from .sweep import SweepRow, format_sweep, parse_smp_list, sweep as run_sweep
+    from .sweep import Grid, SweepRun, Sweep, format_sweep, iter_sweep, load_runs, parse_values
 
-    cpus = parse_smp_list(smp_list)
+    dims: dict[str, tuple[Any, ...]] = {}
+
+    def add(name: str, text: str) -> None:
+        from .sweep import parameter
+
+        parameter(name)  # the name first: an unknown one is the error to report
+        if name in dims:
+            raise click.UsageError(f"{name}: given twice; give it once with every value")
+        dims[name] = parse_values(name, text)
+
+    if smp_list is not None:
+        if any(a == "-smp" for a in args):
+            raise click.UsageError("-smp: sweep sets the vCPU count of each run; give the counts with --smp LIST, "
+                                   "or one -smp for every run")
+        add("smp", smp_list)
+    for item in sets:
+        name, eq, values = item.partition("=")
+        if not eq:
+            raise click.UsageError(f"--set {item!r}: expected NAME=VALUE[,VALUE...], e.g. costs.bql_handoff_ns=2000,5000")
+        add(name.strip(), values)
+    if series_list is not None:
+        add("series", series_list)
+    if patch_list:
+        dims["patch"] = tuple(parse_values("patch", p)[0] for p in patch_list)
+    if policy_list is not None:
+        add("lock-policy", policy_list)
+    if host_cpus_list is not None:
+        add("host-cpus", host_cpus_list)
+    if grid_path is None and not dims.keys() - {"series", "patch"} and "-smp" not in args:
+        dims["smp"] = parse_values("smp", "1,8,32,64,128,240")
+    if grid_path is None and "series" not in dims:
+        dims = {**dims, "series": ("before", "after")}
+    if grid_path is not None:
+        grid = Grid.from_toml(grid_path, list(args), dims)
+    else:
+        grid = Grid.of(MachineConfig.parse(list(args)), dims)
+    if plot_x is not None and plot_x not in grid.names:
+        raise click.UsageError(f"--plot-x {plot_x!r} is not swept; swept: {', '.join(grid.names)}")
     json_file = _out_file(json_path, "--json")
     plots = _out_dir(plot_dir)
-    base = MachineConfig.parse(list(args))
-    _check_workload(base)
-    finished: dict[tuple[int, str], Result] = {}
-    with _progress(quiet, 2 * len(cpus), "runs") as bar:
-        def got(n: int, label: str, r: Result) -> None:
-            finished[n, label] = r
-
+    if resume_path is not None and jsonl_path is not None and Path(resume_path) != Path(jsonl_path):
+        raise click.UsageError("--resume FILE adds the new rows to FILE; give --jsonl the same file or leave it out")
+    rows_path = resume_path or jsonl_path
+    earlier = load_runs(resume_path) if resume_path is not None else []
+    rows_file = _out_file(rows_path, "--resume" if resume_path else "--jsonl")
+    total = len(grid.points())
+    runs: list[SweepRun] = []
+    t0 = time.monotonic()
+    with open_executor(executor, jobs=jobs) as opened, _progress(quiet, total, "runs") as bar:
+        out = open(rows_file, "a" if resume_path else "w", encoding="utf-8") if rows_file is not None else None
+        it = iter_sweep(grid, executor=opened.executor, jobs=jobs, slots=opened.slots, done_rows=earlier,
+                        progress=_sweep_progress(bar, "sweep"))
         try:
-            rows = run_sweep(base, cpus, jobs=jobs, on_result=got,
-                             progress=lambda d, t: bar.update(d, f"sweep: {d}/{t} runs"))
+            for r in it:
+                runs.append(r)
+                if out is not None and not r.resumed:
+                    out.write(json.dumps(r.to_dict()) + "\n")
+                    out.flush()
         except KeyboardInterrupt:
+            it.close()
             bar.close()
-            rows = [SweepRow(n, finished[n, "before"], finished[n, "after"]) for n in cpus
-                    if (n, "before") in finished and (n, "after") in finished]
-            click.echo(f"interrupted: {len(finished)} of {2 * len(cpus)} runs finished")
-            if rows:
-                click.echo(format_sweep(rows))
+            s = Sweep.collect(grid, runs, interrupted=True)
+            click.echo(f"interrupted: {len(runs)} of {total} runs finished")
+            if runs:
+                click.echo(format_sweep(s))
+            if rows_file is not None:
+                click.echo(f"wrote {rows_file} (aemu sweep ... --resume {rows_file} runs the rest)")
             if json_file is not None:
-                _write_json(json_file, {"schema": "aemu.sweep/1", "interrupted": True, "runs": [
-                    {"cpus": n, **{label: finished[n, label].to_dict()
-                                   for label in ("before", "after") if (n, label) in finished}}
-                    for n in cpus if (n, "before") in finished or (n, "after") in finished]})
+                _write_json(json_file, s.to_dict())
                 click.echo(f"wrote {json_file}")
             raise
-    click.echo(format_sweep(rows))
+        finally:
+            it.close()
+            if out is not None:
+                out.close()
+    s = Sweep.collect(grid, runs)
+    click.echo(format_sweep(s))
+    resumed = sum(r.resumed for r in runs)
+    click.echo(f"\n({len(runs) - resumed} runs{f', {resumed} from {resume_path}' if resumed else ''}; "
+               f"{opened.words}; wall time {time.monotonic() - t0:.1f} s)")
+    if rows_file is not None:
+        click.echo(f"wrote {rows_file}")
     if json_file is not None:
-        _write_json(json_file, {"schema": "aemu.sweep/1", "runs": [
-            {"cpus": r.cpus, "before": r.before.to_dict(), "after": r.after.to_dict()} for r in rows]})
+        _write_json(json_file, s.to_dict())
         click.echo(f"wrote {json_file}")
     if plots is not None:
-        from .report.plots import plot_scaling
+        from .report.plots import plot_sweep, sweep_x
 
-        series = {"before": [(r.cpus, r.before) for r in rows], "after": [(r.cpus, r.after) for r in rows]}
-        click.echo(f"wrote {plot_scaling(series, plots / f'scaling-{base.workload}.png')}")
+        x = plot_x or sweep_x(grid.names, [r.to_dict() for r in s.runs])
+        if x is None:
+            click.echo("no plot: no numeric parameter is swept (--plot-x NAME picks one)")
+        else:
+            name = x.replace(".", "-")
+            workload = grid.base.workload
+            click.echo(f"wrote {plot_sweep([r.to_dict() for r in s.runs], x, plots / f'sweep-{workload}-{name}.png')}")
+    if s.failed:
+        raise click.exceptions.Exit(1)
+
+
+# -- sensitivity ------------------------------------------------------------------------------------------
+
+@cli.command(cls=_MachineCommand, defaults=["-M", "q35,hpet=off", "-smp", "32,sockets=4", "-accel",
+                                            "kvm,kernel-irqchip=split"], refuse={
+    "--workload": "sensitivity runs compare's boot and hpet-bench",
+    "--series": "sensitivity runs both series; --patch -NAME takes a switch out of 'after'"})
+@click.option("--params", "params", metavar="LIST",
+              help="Costs to vary, e.g. costs.bql_handoff_ns,costs.handler_ns.hpet [every cost, and the "
+                   "acpi-tmr and hpet handler costs].")
+@click.option("--factors", default="0.5,2", show_default=True, metavar="LIST",
+              help="Multiples of each cost's value to run at.")
+@click.option("--executor", default="local", show_default=True, metavar="local|dask|dask://HOST:PORT", help=_EXECUTOR_HELP)
+@click.option("--jobs", type=click.IntRange(1, 64), default=None, help="Worker processes [one per core].")
+@click.option("--json", "json_path", metavar="FILE", help="Write the table as a document (aemu.sensitivity/1) to FILE.")
+@click.option("--plot", "plot_dir", metavar="DIR", help="Write the tornado plot into DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_machine_args
+def sensitivity(params: str | None, factors: str, executor: str, jobs: int | None, json_path: str | None,
+                plot_dir: str | None, quiet: bool, args: tuple[str, ...]) -> None:
+    """How far the compare verdict moves when each cost is scaled, one at a time (0.5x and 2x).
+
+    Runs compare's four runs (boot and hpet-bench, before and after, no ablation) at the costs as
+    they are and with one cost at a time scaled by each factor, and prints a table of the boot's
+    speed-up and the HPET read's median speed-up at each, most influential cost first, naming the
+    costs the verdict depends on (a figure moves more than 10%) and those it does not. The
+    machine is compare's at -smp 32 (about half a minute on 2 cores); -smp 240,sockets=4 is the
+    series' size (about ten times longer). ARGS change the machine (see below).
+    """
+    from .batch import Failure, open_executor
+    from .sensitivity import (DEFAULT_PARAMETERS, assemble, format_sensitivity, run_sensitivity,
+                              sensitivity_configs)
+
+    argv = ["-M", "q35,hpet=off", "-smp", "32,sockets=4", "-accel", "kvm,kernel-irqchip=split", *args]
+    names = [n.strip() for n in params.split(",")] if params is not None else list(DEFAULT_PARAMETERS)
+    try:
+        fs = [float(f) for f in factors.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--factors {factors!r}: give multiples such as 0.5,2") from None
+    runs, values = sensitivity_configs(argv, parameters=names, factors=fs)  # every mistake now
+    json_file = _out_file(json_path, "--json")
+    plots = _out_dir(plot_dir)
+    results: dict[Any, dict[str, Any] | Failure] = {}
+    t0 = time.monotonic()
+    with open_executor(executor, jobs=jobs) as opened, _progress(quiet, len(runs), "runs") as bar:
+        try:
+            s = run_sensitivity(argv, parameters=names, factors=fs, executor=opened.executor, jobs=jobs,
+                                slots=opened.slots, progress=_sweep_progress(bar, "sensitivity"), results=results)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"interrupted: {len(results)} of {len(runs)} runs finished")
+            click.echo(format_sensitivity(assemble(" ".join(argv), results, values, fs, interrupted=True)))
+            raise
+    click.echo(format_sensitivity(s))
+    click.echo(f"\n({len(runs)} runs; {opened.words}; wall time {time.monotonic() - t0:.1f} s)")
+    if json_file is not None:
+        _write_json(json_file, s.to_dict())
+        click.echo(f"wrote {json_file}")
+    if plots is not None:
+        from .report.plots import plot_tornado
+
+        click.echo(f"wrote {plot_tornado(s, plots / 'sensitivity-tornado.png')}")
 
 
 # -- replay ---------------------------------------------------------------------------------------------

@@ -158,7 +158,10 @@ def test_machine_options_bypass_clicks_parser(command: str, spelling: list[str])
         positional = [TRACE] if command == "replay" else []
         own, machine = cmd.split_args(ctx, [*positional, "-q", *spelling, "-smp", "4"] if command != "mtree"
                                       else [*spelling, "-f", "-smp", "4"])
-    assert machine == [*spelling, "-smp", "4"]
+    if command == "sweep" and spelling[0].startswith("--patch"):  # sweep's own option: one point per --patch
+        assert machine == ["-smp", "4"] and own[-len(spelling):] == spelling
+    else:
+        assert machine == [*spelling, "-smp", "4"]
     assert "-h" not in own and "--help" not in own
 
 
@@ -188,9 +191,9 @@ def test_compare_sweep_and_replay_take_patch_minus_name(capsys: pytest.CaptureFi
     out = tmp_path / "s.json"
     assert main(["sweep", "-q", "--jobs", "1", "--smp", "2", "--param", "reads=5", "--patch", "-hpet-counter-lockless",
                  "--json", str(out)]) == 0
-    run = json.loads(out.read_text())["runs"][0]
-    assert run["before"]["config"]["patches"] == []
-    assert "hpet-counter-lockless" not in run["after"]["config"]["patches"]
+    runs = {r["point"]["series"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["before"]["config"]["patches"] == [] == runs["before"]["result"]["config"]["patches"]
+    assert "hpet-counter-lockless" not in runs["after"]["config"]["patches"]
     assert main(["replay", TRACE, "-q", "--patch", "-hpet-lock,-hpet-counter-lockless"]) == 0
     assert "custom" in capsys.readouterr().out
 
@@ -265,7 +268,7 @@ def test_a_signal_during_start_up_prints_no_traceback(delay: float, sig: signal.
     (["run", "--timeline", "/tmp/aemu-t.json", "--timeline-window", "5ms:1ms"], "END must be after START"),
     (["run", "--timeline-window", "0:1ms"], "--timeline-window needs --timeline FILE"),
     (["sweep", "--smp", "8", "-smp", "4"], "-smp: sweep sets the vCPU count of each run; give the counts with --smp"),
-    (["sweep", "--series", "before"], "--series: sweep runs both series"),
+    (["sweep", "--series", "during"], "series: 'during'; accepted: before, after"),
     (["compare", "--series", "before"], "--series: compare runs both series"),
     (["compare", "--workload", "idle"], "--workload: compare runs boot and hpet-bench"),
     (["replay", TRACE, "--workload", "boot"], "--workload: replay's workload is the trace"),
@@ -301,7 +304,7 @@ def test_one_default_per_option_in_run_and_sweep(tmp_path: Path) -> None:
     assert main(["run", "-q", "-smp", "8", "--param", "reads=3", "--json", str(r)]) == 0
     assert main(["sweep", "-q", "--jobs", "1", "--smp", "8", "--param", "reads=3", "--json", str(s)]) == 0
     run_config = json.loads(r.read_text())["config"]
-    sweep_config = json.loads(s.read_text())["runs"][0]["after"]["config"]
+    sweep_config = next(r["config"] for r in json.loads(s.read_text())["runs"] if r["point"]["series"] == "after")
     defaults = MachineConfig()
     for config in (run_config, sweep_config):
         assert (config["smp"]["sockets"], config["smp"]["cores"]) == (1, 8)  # QEMU >= 6.2: cores first

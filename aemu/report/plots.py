@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ..compare import Comparison
     from ..result import Result
 
-__all__ = ["plot_bql_utilisation", "plot_latency_cdf", "plot_scaling", "write_comparison_plots"]
+__all__ = ["plot_bql_utilisation", "plot_latency_cdf", "plot_scaling", "plot_sweep", "plot_tornado", "sweep_x",
+           "write_comparison_plots"]
 
 _INSTALL_HINT = "plots need matplotlib: pip install matplotlib"
 _FIXED_COLOURS = {"before": "#c0392b", "after": "#1f5fa8"}
@@ -329,3 +330,156 @@ def write_comparison_plots(comparison: Comparison, outdir: str | Path) -> list[P
     boot: dict[str, Result] = {k: comparison.boot[k] for k in ("before", "after") if k in comparison.boot}
     paths.append(plot_bql_utilisation(boot, out / "bql-utilisation-boot.png"))
     return paths
+
+
+# -- sweeps ---------------------------------------------------------------------------------------------
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sweep_x(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The parameter a sweep's plot puts on its x axis: smp if swept, else the first numeric one."""
+    numeric = [n for n in names if len({r["point"][n] for r in rows}) > 1
+               and all(_is_number(r["point"][n]) for r in rows)]
+    return "smp" if "smp" in numeric else (numeric[0] if numeric else None)
+
+
+def _x_words(x: str) -> tuple[str, str]:
+    """(axis label, title words) of a swept parameter."""
+    if x == "smp":
+        return "vCPUs (-smp)", "vCPUs"
+    if x.startswith("costs."):
+        return f"{x} (ns of virtual time)", x
+    return x, x
+
+
+def _config_words(configs: Sequence[Mapping[str, Any]], *, smp: bool) -> str:
+    """The parts of the configurations' words that all share (workload and params, -smp, machine, irqchip)."""
+    getters: list[Callable[[Mapping[str, Any]], str]] = [
+        lambda c: c["workload"] + (" " + ",".join(f"{k}={v}" for k, v in c["workload_params"].items())
+                                   if c["workload_params"] else "")]
+    if smp:
+        getters.append(lambda c: f"-smp {c['smp']['cpus']}")
+    getters += [lambda c: f"{c['machine']},hpet={'on' if c['hpet'] else 'off'}",
+                lambda c: f"kernel-irqchip={c['kernel_irqchip']}"]
+    parts = []
+    for get in getters:
+        values = {get(c) for c in configs}
+        if len(values) == 1:
+            parts.append(values.pop())
+    return ", ".join(parts)
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], x: str, path: str | Path) -> Path:
+    """A sweep's metric against the swept parameter ``x``, one line per value of the other dimensions.
+
+    ``rows`` are the sweep's rows (``SweepRun.to_dict()``: point, config, status, result). Lines
+    are labelled by the other swept parameters' values ("before", or "series=before,
+    lock-policy=barging"); failed runs are left out, runs that hit the cap drawn as open markers
+    (their value is a lower bound). Log axes as in :func:`plot_scaling`.
+    """
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("result")]
+    if not ok:
+        raise ConfigError("plot: the sweep has no finished run to plot")
+    if any(x not in r["point"] for r in ok):
+        raise ConfigError(f"plot: {x!r} is not a swept parameter")
+    others = [n for n in ok[0]["point"] if n != x and len({repr(r["point"][n]) for r in ok}) > 1]
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for r in ok:
+        p = r["point"]
+        label = (str(p[others[0]]) if others == ["series"] else
+                 ", ".join(f"{n}={p[n]}" for n in others)) or "runs"
+        lines.setdefault(label, []).append(r)
+    metric = ok[0]["result"]["workload"]["metric"]
+    unit = f" ({metric['unit']})" if metric["unit"] else ""
+    numeric = all(_is_number(r["point"][x]) for r in ok)
+    xs_all = sorted({r["point"][x] for r in ok}, key=lambda v: (not numeric, v if numeric else str(v)))
+    pos = (lambda v: v) if numeric else (lambda v: xs_all.index(v))
+    fig, ax = _figure()
+    styles = _styles(list(lines))
+    if "series" in others and len(others) > 1:  # colour by series, dashes by the rest
+        rest = sorted({", ".join(f"{n}={r['point'][n]}" for n in others if n != "series") for r in ok})
+        dashes: list[Any] = ["-", (0, (5, 2)), (0, (1.5, 1.5)), (0, (6, 2, 1.5, 2))]
+        for label, pts in lines.items():
+            p = pts[0]["point"]
+            key = ", ".join(f"{n}={p[n]}" for n in others if n != "series")
+            styles[label] = {**styles[label], "linestyle": dashes[rest.index(key) % len(dashes)],
+                             "color": _FIXED_COLOURS.get(p["series"], styles[label]["color"]),
+                             "linewidth": 1.2 + 1.0 * (rest.index(key) == 0)}
+    capped_any = False
+    for label, pts in lines.items():
+        pts = sorted(pts, key=lambda r: xs_all.index(r["point"][x]))
+        st = styles[label]
+        xv = [pos(r["point"][x]) for r in pts]
+        yv = [r["result"]["workload"]["metric"]["value"] for r in pts]
+        ax.plot(xv, yv, label=label, color=st["color"], linewidth=st["linewidth"], linestyle=st["linestyle"],
+                marker="o", markersize=5, zorder=st["zorder"])
+        capped = [(a, b) for a, b, r in zip(xv, yv, pts) if not r["result"]["workload"]["finished"]]
+        if capped:
+            capped_any = True
+            ax.plot(*zip(*capped), linestyle="none", marker="o", markersize=9, markerfacecolor="white",
+                    markeredgewidth=2, color=st["color"], zorder=5)
+    values = [r["result"]["workload"]["metric"]["value"] for r in ok if r["result"]["workload"]["metric"]["value"] > 0]
+    if values and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis, max(values) / min(values))
+    else:
+        ax.yaxis.set_major_formatter(_thousands())
+    if numeric and xs_all[0] > 0 and xs_all[-1] / xs_all[0] > 20:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_formatter(_thousands(blank=True))
+    ax.set_xticks([pos(v) for v in xs_all], [f"{v:,}" if _is_number(v) and x != "smp" else str(v) for v in xs_all])
+    ax.margins(y=0.12)
+    label_x, title_x = _x_words(x)
+    ax.set_xlabel(label_x)
+    ax.set_ylabel(f"{metric['name']}{unit}")
+    swept = f"-smp {','.join(str(v) for v in xs_all)}" if x == "smp" else f"{x}={','.join(str(v) for v in xs_all)}"
+    words = _config_words([r["config"] for r in ok], smp=x != "smp")
+    ax.set_title(f"{metric['name']} vs {title_x} ({swept})\n{words}", fontsize=10.5)
+    if capped_any:
+        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgewidth=2,
+                color="0.3", label="did not finish (cap hit): a lower bound")
+    _legend(fig, ax, len(lines) + capped_any)
+    return _save(fig, path)
+
+
+def plot_tornado(sensitivity: Any, path: str | Path) -> Path:
+    """A tornado plot of :class:`aemu.sensitivity.Sensitivity`: per cost, how far each verdict figure
+    moves at each factor, the most influential cost on top; two panels (boot speed-up, HPET read
+    p50 speed-up), log x axes, the baseline as a line."""
+    s = sensitivity
+    if s.baseline is None:
+        raise ConfigError("plot: the sensitivity run has no baseline verdict to plot")
+    names = list(reversed(s.parameters))  # barh draws bottom-up
+    fig, _ = _figure(11, 0.42 * len(names) + 2.2)
+    fig.clear()
+    ax0, ax1 = fig.subplots(1, 2, sharey=True)
+    for ax in (ax0, ax1):
+        ax.grid(True, which="major", axis="x", alpha=0.35)
+    colours = dict(zip(s.factors, _OTHER_COLOURS[1:] + _OTHER_COLOURS[:1]))
+    panels = ((ax0, "boot_speedup", "boot speed-up after the series (before / after)"),
+              (ax1, "hpet_speedup", "HPET read p50 speed-up (before / after)"))
+    for ax, attr, xlabel in panels:
+        base = getattr(s.baseline, attr)
+        for i, name in enumerate(names):
+            for j, f in enumerate(s.factors):
+                v = next((x for x in s.variants if x.parameter == name and x.factor == f), None)
+                if v is None or v.verdict is None:
+                    continue
+                val = getattr(v.verdict, attr)
+                h = 0.8 / len(s.factors)
+                ax.barh(i - 0.4 + h * (j + 0.5), val - base, left=base, height=h, color=colours[f],
+                        label=f"cost x{f:g}" if i == 0 else None)
+        ax.axvline(base, color="0.2", linewidth=1.2, zorder=3)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis, 10)
+        ax.set_yticks(range(len(names)), [n.removeprefix("costs.") for n in names], fontsize=8.5)
+        ax.set_xlabel(xlabel + f"\nline: at the costs as they are ({base:,.1f}x)", fontsize=9)
+    ax1.tick_params(labelleft=False)
+    ax0.set_title("boot", fontsize=10)
+    ax1.set_title("hpet-bench", fontsize=10)
+    fig.suptitle(f"sensitivity of the verdict to each cost (x{' and x'.join(f'{f:g}' for f in s.factors)}), "
+                 f"{s.args}", fontsize=10.5)
+    ax0.legend(fontsize=8.5, framealpha=0.9, loc="lower right")
+    return _save(fig, path)
