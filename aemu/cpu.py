@@ -65,12 +65,29 @@ if TYPE_CHECKING:
     from .trace import Tracer
 
 __all__ = [
-    "Board", "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
+    "BadExit", "Board", "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
     "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU", "VCPUAccount", "WaitForVector",
 ]
 
 
 # -- exits a guest program yields ---------------------------------------------------------------
+# Each checks its fields when it is made (in the guest program, so the vCPU that made a bad one
+# is named): a guest can make no exit that would corrupt the books or leave a lock held.
+
+def _check(exit: object, name: str, value: object, lo: int, hi: int | None = None,
+           choices: tuple[int, ...] = ()) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    if ok and choices and value not in choices:
+        ok = False
+    if not ok:
+        if choices:
+            want = "one of " + ", ".join(map(str, choices))
+        else:
+            want = f"an integer from {lo} to {hi:#x}" if hi is not None else f"an integer >= {lo}"
+        raise BadExit(f"{type(exit).__name__}: {name} must be {want}, got {value!r}")
+
+
+_U64 = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class PIORead:
@@ -78,6 +95,10 @@ class PIORead:
 
     port: int
     size: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self, "port", self.port, 0, 0xFFFF)
+        _check(self, "size", self.size, 1, choices=(1, 2, 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +109,11 @@ class PIOWrite:
     value: int
     size: int = 1
 
+    def __post_init__(self) -> None:
+        _check(self, "port", self.port, 0, 0xFFFF)
+        _check(self, "value", self.value, 0, _U64)
+        _check(self, "size", self.size, 1, choices=(1, 2, 4))
+
 
 @dataclass(frozen=True, slots=True)
 class MMIORead:
@@ -95,6 +121,10 @@ class MMIORead:
 
     addr: int
     size: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self, "addr", self.addr, 0, _U64)
+        _check(self, "size", self.size, 1, choices=(1, 2, 4, 8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +135,20 @@ class MMIOWrite:
     value: int
     size: int = 4
 
+    def __post_init__(self) -> None:
+        _check(self, "addr", self.addr, 0, _U64)
+        _check(self, "value", self.value, 0, _U64)
+        _check(self, "size", self.size, 1, choices=(1, 2, 4, 8))
+
 
 @dataclass(frozen=True, slots=True)
 class Compute:
     """Guest work for ``ns`` of virtual time without an exit."""
 
     ns: int
+
+    def __post_init__(self) -> None:
+        _check(self, "ns", self.ns, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +167,9 @@ class WaitForVector:
 
     vector: int
 
+    def __post_init__(self) -> None:
+        _check(self, "vector", self.vector, 0, 0xFF)
+
 
 @dataclass(frozen=True, slots=True)
 class SendIPI:
@@ -136,6 +177,10 @@ class SendIPI:
 
     dest: int
     vector: int
+
+    def __post_init__(self) -> None:
+        _check(self, "dest", self.dest, 0)
+        _check(self, "vector", self.vector, 0, 0xFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +190,10 @@ class LAPICTimer:
     delay_ns: int
     vector: int = 0xEC
 
+    def __post_init__(self) -> None:
+        _check(self, "delay_ns", self.delay_ns, 0)
+        _check(self, "vector", self.vector, 0, 0xFF)
+
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
@@ -153,10 +202,15 @@ class Shutdown:
 
 Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVector, SendIPI, LAPICTimer, Shutdown]
 GuestProgram = Generator[Exit, Any, None]
+_END: Any = object()  # the guest program returned
 
 
 class GuestError(AemuError, RuntimeError):
-    """A guest program raised: the run stops, naming the vCPU and the guest's exception."""
+    """A guest program raised or yielded what is not an exit: the run stops, naming the vCPU."""
+
+
+class BadExit(GuestError, ValueError):
+    """An exit made with a field out of range or of the wrong type (raised where it is made)."""
 
 
 class Board(Protocol):
@@ -401,8 +455,10 @@ class VCPU:
                     try:
                         ex = program.send(send)
                     except StopIteration:
-                        ex = None
+                        ex = _END
                         break
+                    except BadExit as e:
+                        raise GuestError(f"vCPU {self.index}: the guest program made a bad exit: {e}") from e
                     except Exception as e:
                         raise GuestError(f"vCPU {self.index}: guest program raised {e!r}") from e
                     send = None
@@ -415,7 +471,7 @@ class VCPU:
                         await k.sync()
                 if tracer is not None:
                     tracer.span(self.name, "guest", tg, now() + k.offset_ns)
-                if ex is None:
+                if ex is _END:
                     break
                 # handle the exit
                 cls = ex.__class__

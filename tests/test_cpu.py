@@ -155,3 +155,52 @@ class TestLatencyBooks:
         assert len(counts) <= VCPUAccount.MAX_EXACT_VALUES
         assert all(len(str(v).rstrip("0")) <= 3 for v in counts)
         assert min(counts) == 100_000 and max(counts) == 428_000
+
+
+class _Yields(Workload):
+    """vCPU 1 yields ``bad()`` after a BQL-bound access; the others read the PM timer."""
+
+    name = "yields"
+
+    def __init__(self, bad: Any) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
+        yield PIOWrite(0x80, 1, 1)
+        if index == 1:
+            yield self.bad()
+        yield PIORead(0x608, 4)
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("x", 0, "")
+
+
+class TestGuestErrors:
+    """Whatever a guest program yields, the run stops with a GuestError naming the vCPU and the
+    bad exit, and no lock stays held (issue 11 items 13, 14)."""
+
+    @pytest.mark.parametrize(("bad", "message"), [
+        (lambda: Compute(1.5), r"vCPU 1: the guest program made a bad exit: Compute: ns must be an integer >= 0, got 1\.5"),
+        (lambda: Compute("abc"), r"vCPU 1: .*Compute: ns must be an integer >= 0, got 'abc'"),
+        (lambda: Compute(-10**12), r"vCPU 1: .*Compute: ns must be an integer >= 0, got -1000000000000"),
+        (lambda: PIORead("0x70"), r"vCPU 1: .*PIORead: port must be an integer from 0 to 0xffff, got '0x70'"),
+        (lambda: PIORead(0x70, 8), r"vCPU 1: .*PIORead: size must be one of 1, 2, 4, got 8"),
+        (lambda: MMIORead(-1), r"vCPU 1: .*MMIORead: addr must be an integer from 0 to 0xffffffffffffffff, got -1"),
+        (lambda: None, r"vCPU 1: guest program yielded None, which is not an exit"),
+        (lambda: 42, r"vCPU 1: guest program yielded 42, which is not an exit"),
+    ])
+    def test_a_bad_exit_stops_the_run_naming_the_vcpu(self, bad: Any, message: str) -> None:
+        from aemu import clock
+        from aemu.cpu import GuestError
+
+        m = Machine(config(n=3, s="before"), _Yields(bad))
+        with pytest.raises(GuestError, match=message):
+            clock.run(m.run(10**9))
+        assert not any(lock.locked() for lock in m.all_locks())
+
+    def test_yield_none_is_not_the_end_of_the_program(self) -> None:
+        from aemu.cpu import GuestError
+
+        with pytest.raises(GuestError, match="yielded None"):
+            simulate(config(n=2, s="after"), _Yields(lambda: None))
