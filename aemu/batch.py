@@ -290,14 +290,15 @@ class Opened:
 
 @contextmanager
 def open_executor(spec: str = "local", *, jobs: int | None = None,
-                  timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> Iterator[Opened]:
+                  timeout_s: float | None = None) -> Iterator[Opened]:
     """Open what ``--executor SPEC`` names, and close it afterwards.
 
     ``local`` (aemu's pool of ``jobs`` processes), ``dask`` (a ``distributed.LocalCluster`` of
     ``jobs`` single-threaded worker processes, default one per core) or ``dask://HOST:PORT`` /
     ``tcp://HOST:PORT`` (a running ``dask scheduler``; ConfigError when it cannot be reached
-    within ``timeout_s``).
+    within ``timeout_s``, default :data:`DASK_CONNECT_TIMEOUT_S`).
     """
+    timeout_s = DASK_CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     if spec == "local":
         n = jobs or os.cpu_count() or 1
         yield Opened(None, jobs, f"local pool of {n} processes" if n > 1 else "in this process")

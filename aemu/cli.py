@@ -684,7 +684,7 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
     """
     from .batch import open_executor
     from .config import MachineConfig
-    from .sweep import Grid, SweepRun, Sweep, format_sweep, iter_sweep, load_runs, parse_values
+    from .sweep import Grid, Sweep, SweepRun, format_sweep, iter_sweep, load_runs, parse_values, trim_partial_row
 
     dims: dict[str, tuple[Any, ...]] = {}
 
@@ -731,6 +731,8 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
     rows_path = resume_path or jsonl_path
     earlier = load_runs(resume_path) if resume_path is not None else []
     rows_file = _out_file(rows_path, "--resume" if resume_path else "--jsonl")
+    if resume_path is not None:
+        trim_partial_row(resume_path)
     total = len(grid.points())
     runs: list[SweepRun] = []
     t0 = time.monotonic()

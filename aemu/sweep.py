@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .patches import PATCHES
 
 __all__ = ["Grid", "Parameter", "PARAMETERS", "Sweep", "SweepProgress", "SweepRun", "format_sweep",
-           "iter_sweep", "load_runs", "parameter", "parse_values", "run_document", "run_sweep", "SCHEMA"]
+           "iter_sweep", "load_runs", "trim_partial_row", "parameter", "parse_values", "run_document", "run_sweep", "SCHEMA"]
 
 #: The sweep document's schema (``aemu sweep --json``).
 SCHEMA = "aemu.sweep/2"
@@ -404,6 +404,18 @@ def load_runs(path: str | Path) -> list[dict[str, Any]]:
             raise ConfigError(f"--resume: {p}: line {i} is not a row of an aemu sweep (no config/status)")
         rows.append(row)
     return rows
+
+
+def trim_partial_row(path: str | Path) -> None:
+    """Cut a last line left unfinished by a kill off a rows file, so rows appended after it stay lines."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        with open(p, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def iter_sweep(grid: Grid, *, executor: cf.Executor | None = None, jobs: int | None = None,
