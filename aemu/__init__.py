@@ -24,6 +24,21 @@ The public API, re-exported here:
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+# Run as the ``aemu`` command, a Ctrl-C while the package is still importing ends it quietly
+# (exit 130) like one after start-up, not with a KeyboardInterrupt traceback; the CLI installs
+# its own handling once it runs, and a program importing aemu keeps Python's default.
+_quiet_start = ((bool(_sys.argv) and _os.path.basename(_sys.argv[0]) == "aemu")
+                or "aemu.cli" in getattr(_sys, "orig_argv", ())[1:3])  # python -m aemu.cli
+if _quiet_start:
+    def _quit(signum: int, frame: object) -> None:
+        raise SystemExit(130)
+
+    _signal.signal(_signal.SIGINT, _quit)
+
 from .clock import (
     HOST,
     REALTIME,
@@ -100,3 +115,6 @@ __all__ = [
     "CheckReport", "Finding", "check",
     "__version__",
 ]
+
+if _quiet_start:
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
