@@ -820,7 +820,7 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
                               sensitivity_configs)
 
     argv = ["-M", "q35,hpet=off", "-smp", "32,sockets=4", "-accel", "kvm,kernel-irqchip=split", *args]
-    names = [n.strip() for n in params.split(",")] if params is not None else list(DEFAULT_PARAMETERS)
+    names = [n.strip() for n in params.split(",") if n.strip()] if params is not None else list(DEFAULT_PARAMETERS)
     try:
         fs = [float(f) for f in factors.split(",")]
     except ValueError:
@@ -852,7 +852,7 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
 
 # -- replay ---------------------------------------------------------------------------------------------
 
-@cli.command(cls=_MachineCommand, defaults=["-accel", "kvm,kernel-irqchip=split"],
+@cli.command(cls=_MachineCommand, defaults=[],
              default_notes={"-smp": "as many vCPUs as the trace recorded"}, refuse={
     "--workload": "replay's workload is the trace",
     "--param": "replay's workload is the trace and takes no --param (--time-scale scales its gaps)"})
@@ -881,7 +881,7 @@ def replay(trace: str, time_scale: float, lenient: bool, json_path: str | None, 
         raise click.UsageError(f"trace {trace!r}: no such file")
     json_file = _out_file(json_path, "--json")
     timeline_file = _out_file(timeline_path, "--timeline")
-    config = MachineConfig.parse(["-accel", "kvm,kernel-irqchip=split", *args])
+    config = MachineConfig.parse(list(args))
     parsed = load_trace(trace, lenient=lenient)
     if "-smp" not in args:  # as many vCPUs as the trace recorded
         config = config.replace(smp=SMP.parse(str(parsed.recorded_vcpus)))

@@ -226,7 +226,8 @@ def assemble(args: str | Sequence[str], results: Mapping[Key, dict[str, Any] | F
         for f in factors:
             v, err = verdict(name, f)
             variants.append(Variant(name, f, round(v0 * f), v, err))
-    text = args if isinstance(args, str) else " ".join(args)
+    base = MachineConfig.parse(args)
+    text = base.qemu_args() + "".join(f" --param {k}={v}" for k, v in base.workload_params)
     return Sensitivity(text, baseline, tuple(variants), tuple(values.items()), tuple(factors), THRESHOLD, interrupted)
 
 

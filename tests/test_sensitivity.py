@@ -1,0 +1,93 @@
+"""aemu sensitivity (aemu/sensitivity.py): each cost one at a time around compare's verdict, small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aemu.cli import main
+from aemu.errors import ConfigError
+from aemu.sensitivity import Sensitivity, Variant, Verdict, format_sensitivity, run_sensitivity, sensitivity_configs
+
+ARGS = "-M q35,hpet=off -smp 8 -accel kvm,kernel-irqchip=split --param phases=1 --param reads=50"
+PARAMS = ["costs.bql_handoff_ns", "costs.default_handler_ns"]
+
+
+@pytest.fixture(scope="module")
+def small() -> Sensitivity:
+    return run_sensitivity(ARGS, parameters=PARAMS, jobs=2)
+
+
+def test_the_runs_are_compares_four_at_each_point() -> None:
+    runs, values = sensitivity_configs(ARGS, parameters=PARAMS, factors=(0.5, 2.0))
+    assert values == {"costs.bql_handoff_ns": 5000, "costs.default_handler_ns": 200}
+    assert len(runs) == 4 * (1 + 2 * 2)
+    c = runs["costs.bql_handoff_ns", 0.5, "hpet-bench", "before"]
+    assert (c.costs.bql_handoff_ns, c.workload, c.hpet, c.series) == (2500, "hpet-bench", True, "before")
+    assert runs[None, 1.0, "boot", "after"].costs.bql_handoff_ns == 5000
+
+
+def test_which_costs_the_verdict_depends_on(small: Sensitivity) -> None:
+    assert small.baseline is not None and small.baseline.boot_speedup > 1 and small.baseline.hpet_speedup > 1
+    assert small.depends_on() == ["costs.bql_handoff_ns"]  # the hand-off is the convoy's price
+    assert small.independent_of() == ["costs.default_handler_ns"]  # no region on the path uses it
+    fast, slow = (v.verdict for v in small.variants if v.parameter == "costs.bql_handoff_ns")
+    assert fast is not None and slow is not None
+    assert fast.hpet_speedup < small.baseline.hpet_speedup < slow.hpet_speedup
+    assert not small.flips()
+
+
+def test_the_table(small: Sensitivity) -> None:
+    text = format_sensitivity(small)
+    lines = text.splitlines()
+    assert lines[3].startswith("baseline: boot ") and "HPET read p50" in lines[3]
+    assert lines[5].split()[:6] == ["cost", "value", "boot", "0.5x", "boot", "2x"]
+    assert lines[6].startswith("bql_handoff_ns ") and lines[7].startswith("default_handler_ns ")
+    assert "the verdict depends on: bql_handoff_ns" in text and "it does not depend on: default_handler_ns" in text
+    assert lines[7].split()[-2:] == ["0%", "0%"]
+
+
+def test_a_verdict_that_flips_is_named() -> None:
+    base = Verdict(10.0, False, 50.0)
+    s = Sensitivity("ARGS", base, (Variant("costs.x", 0.5, 1, Verdict(0.9, False, 40.0)),
+                                   Variant("costs.x", 2.0, 4, Verdict(12.0, False, 55.0))), (("costs.x", 2),))
+    assert s.depends_on() == ["costs.x"] and s.moves("costs.x") == pytest.approx((0.91, 0.2))
+    assert "the series stops helping at: x 0.5x" in format_sensitivity(s)
+
+
+def test_the_command_table_json_and_tornado(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc, plots = tmp_path / "s.json", tmp_path / "plots"
+    assert main(["sensitivity", "-q", "--jobs", "2", "-smp", "8", "--param", "phases=1", "--param", "reads=50",
+                 "--params", ",".join(PARAMS), "--json", str(doc), "--plot", str(plots)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("aemu sensitivity: -M q35,hpet=off -smp 8,sockets=1,cores=8,threads=1,maxcpus=8 "
+                          "-accel kvm,kernel-irqchip=split --param phases=1 --param reads=50 (boot)")
+    assert "(20 runs; local pool of 2 processes; wall time" in out
+    d = json.loads(doc.read_text())
+    assert d["schema"] == "aemu.sensitivity/1" and d["depends_on"] == ["costs.bql_handoff_ns"]
+    assert [v["factor"] for v in d["parameters"][0]["variants"]] == [0.5, 2.0]
+    PIL = pytest.importorskip("PIL.Image")
+    text = PIL.open(plots / "sensitivity-tornado.png").text
+    assert text["Title"].splitlines() == ["boot", "hpet-bench"]
+    assert "legend: cost x0.5" in text["Description"] and "legend: cost x2" in text["Description"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--params", "costs.nope"], "unknown cost 'costs.nope'"),
+    (["--params", "smp"], "--params: 'smp' is not a cost; give costs.NAME"),
+    (["--params", ""], "--params: empty list"),
+    (["--factors", "0.5,x"], "--factors '0.5,x': give multiples such as 0.5,2"),
+    (["--factors", "0,2"], "--factors: [0.0, 2.0]; give positive multiples"),
+    (["--workload", "boot"], "--workload: sensitivity runs compare's boot and hpet-bench"),
+])
+def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sensitivity", "-q", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_configs_reject_non_costs() -> None:
+    with pytest.raises(ConfigError, match="not a cost"):
+        sensitivity_configs(ARGS, parameters=["param.reads"])
