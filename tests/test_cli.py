@@ -75,7 +75,7 @@ def test_ctrl_c_prints_the_partial_report_and_exits_130() -> None:
 
 def test_replay_command(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     out_json = tmp_path / "r.json"
-    assert main(["replay", "tests/data/linux-boot-excerpt.trace", "-q", "--series", "before",
+    assert main(["replay", "tests/data/linux-boot-excerpt.trace", "-q", "--series", "before", "-accel", "kvm,kernel-irqchip=split",
                  "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "per-region read/write counts equal the trace's" in out and "kvm_arch_pre_run" in out
@@ -396,3 +396,10 @@ def test_debug_keeps_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Traceback" in err and err.strip().splitlines()[-1] == "aemu: -smp: cpus=0 is not allowed; use a positive number"
     assert main(["run", "-smp", "0"]) == 2  # and --debug does not stick to the next call
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_replay_follows_the_same_irqchip_default(tmp_path: Path) -> None:
+    """Regression: replay defaulted to kernel-irqchip=split where run and sweep use QEMU's default (on)."""
+    out = tmp_path / "r.json"
+    assert main(["replay", TRACE, "-q", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["kernel_irqchip"] == MachineConfig().kernel_irqchip == "on"
