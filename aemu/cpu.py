@@ -60,7 +60,7 @@ from .irq import (
 
 if TYPE_CHECKING:
     from .costs import CostModel
-    from .memory import AddressSpace
+    from .memory import AddressSpace, MemoryAccess
     from .sync import Lock
     from .trace import Tracer
 
@@ -430,12 +430,12 @@ class VCPU:
         costs = b.costs
         running = clock._running
         memory = b.memory
-        #: exit class -> (kind, address space, exit round trip ns, is a read)
-        io_exits: dict[type, tuple[str, AddressSpace, int, bool]] = {
-            MMIORead: ("mmio", memory, costs.mmio_exit_ns, True),
-            MMIOWrite: ("mmio", memory, costs.mmio_exit_ns, False),
-            PIORead: ("pio", b.io, costs.pio_exit_ns, True),
-            PIOWrite: ("pio", b.io, costs.pio_exit_ns, False),
+        #: exit class -> (kind, address space, its resolved accesses' lookup, exit round trip ns, is a read)
+        io_exits: dict[type, tuple[str, AddressSpace, Callable[[int], MemoryAccess | None], int, bool]] = {
+            MMIORead: ("mmio", memory, memory.resolved.get, costs.mmio_exit_ns, True),
+            MMIOWrite: ("mmio", memory, memory.resolved.get, costs.mmio_exit_ns, False),
+            PIORead: ("pio", b.io, b.io.resolved.get, costs.pio_exit_ns, True),
+            PIOWrite: ("pio", b.io, b.io.resolved.get, costs.pio_exit_ns, False),
         }
         samples_of = acct.samples
         fold_at = _FOLD_AT
@@ -479,13 +479,14 @@ class VCPU:
                 if io is not None:
                     # KVM_EXIT_IO / KVM_EXIT_MMIO: the access needs no lock, or it waits
                     # (address_space_rw decides, in prepare_mmio_access)
-                    kind, space, exit_cost, is_read = io
+                    kind, space, resolved, exit_cost, is_read = io
                     addr = ex.addr if space is memory else ex.port  # type: ignore[union-attr]
+                    size = ex.size  # type: ignore[union-attr]
                     exits[kind] += 1
                     self.current_exit = kind
                     t0 = now() + k.offset_ns
                     k.offset_ns += exit_cost
-                    acc = space.access(addr, ex.size)  # type: ignore[union-attr]
+                    acc = resolved(addr << 4 | size) or space.access(addr, size)
                     running.keeper = k  # a synchronous stretch: device code finds the keeper directly
                     try:
                         r = acc.read_nowait() if is_read else acc.write_nowait(ex.value)  # type: ignore[union-attr]

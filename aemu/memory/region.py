@@ -534,7 +534,7 @@ class MemoryRegion:
                 continue
             seen.add(id(mr))
             for space in mr._spaces:
-                space._dirty = True
+                space.invalidate()
             if mr._container is not None:
                 stack.append(mr._container)
             stack.extend(mr._alias_users)

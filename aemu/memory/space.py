@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 
 from ..errors import AddressOutOfRangeError, ConfigError, InvalidSizeError
 from ..sync import Lock
@@ -91,6 +92,19 @@ class AddressSpace:
         self._render()
 
     # -- the FlatView ------------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """The topology changed: the FlatView is re-rendered at the next access, and the accesses
+        resolved against the old one are dropped now (so :attr:`resolved` never holds a stale one)."""
+        self._dirty = True
+        self._accesses.clear()
+
+    @property
+    def resolved(self) -> Mapping[int, MemoryAccess]:
+        """The accesses resolved against the current FlatView, by ``addr << 4 | size``: a hit is
+        what :meth:`access` would return; on a miss, call :meth:`access`. The vCPU's exit path
+        looks here first, with one dict lookup (the same dict, emptied on every change)."""
+        return self._accesses
+
     def _render(self) -> None:
         """``generate_memory_topology``: a new FlatView; resolved accesses are dropped with the old one."""
         self.view: FlatView = render(self.root, self.limit)
@@ -122,14 +136,14 @@ class AddressSpace:
         Cached by ``addr << 4 | size`` for access sizes (1, 2, 4, 8) at non-negative integer
         addresses until the next render; anything else is resolved every time.
         """
-        if self._dirty:
-            self._render()
         try:
-            return self._accesses[addr << 4 | size]
+            return self._accesses[addr << 4 | size]  # emptied whenever the FlatView changes
         except (KeyError, TypeError):
             return self._resolve(addr, size)
 
     def _resolve(self, addr: int, size: int) -> MemoryAccess:
+        if self._dirty:
+            self._render()
         acc = resolve(self, addr, size)
         if size in _SIZES and addr.__class__ is int and size.__class__ is int and addr >= 0:
             cache = self._accesses
