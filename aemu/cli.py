@@ -682,6 +682,9 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
     below, fixed for every run. A failed run is reported with its configuration and the others go
     on; Ctrl-C stops at once and keeps what finished (--resume FILE goes on from there).
     """
+    if any(p in ("help", "?") for p in patch_list):  # --patch is sweep's own option: its help topic here
+        click.echo(_topic_help("--patch", list(args)))
+        return
     from .batch import open_executor
     from .config import MachineConfig
     from .sweep import Grid, Sweep, SweepRun, format_sweep, iter_sweep, load_runs, parse_values, trim_partial_row
