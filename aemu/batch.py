@@ -319,14 +319,15 @@ def open_executor(spec: str = "local", *, jobs: int | None = None,
         n = jobs or os.cpu_count() or 1
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
+        client = None
         try:
             client = Client(cluster)
-            try:
-                yield Opened(client.get_executor(), n, f"Dask LocalCluster of {n} worker processes")
-            finally:
-                client.close(timeout=2)
+            yield Opened(client.get_executor(), n, f"Dask LocalCluster of {n} worker processes")
+        except BaseException:
+            _kill_workers(cluster)  # Ctrl-C: the runs in flight are not waited for
+            raise
         finally:
-            cluster.close(timeout=5)
+            _quietly_close(client, cluster)
         return
     address = f"tcp://{m['host']}:{m['port']}"
     t0 = time.monotonic()
@@ -340,4 +341,28 @@ def open_executor(spec: str = "local", *, jobs: int | None = None,
         slots = sum(client.nthreads().values()) or None
         yield Opened(client.get_executor(), slots, f"Dask scheduler {address} ({slots or 0} worker threads)")
     finally:
-        client.close(timeout=2)
+        _quietly_close(client)
+
+
+def _kill_workers(cluster: Any) -> None:
+    """SIGKILL the worker processes of our own LocalCluster (their nannies then close at once)."""
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        pid = getattr(getattr(getattr(nanny, "process", None), "process", None), "pid", None)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _quietly_close(*things: Any) -> None:
+    """Close a Dask client and cluster within about a second: a run in flight is not waited for
+    (after Ctrl-C the cluster's workers are stopped, not drained); what does not close by then is
+    left to the interpreter's exit."""
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close(timeout=2)
+        except Exception:
+            pass
