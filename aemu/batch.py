@@ -192,11 +192,11 @@ class Batch(Generic[K, R]):
                         w.process.join()
                         w.conn.close()
                         workers[i] = start()
-                        self._running -= 1
+                        self._running = min(n, sum(x.task is not None for x in workers) + len(todo))
                         yield key, Failure(f"worker process died ({_exit_words(w.process.exitcode)}) during the run")
                         continue
                     w.task = None
-                    self._running -= 1
+                    self._running = min(n, sum(x.task is not None for x in workers) + len(todo))  # it takes the next
                     yield key, (value if ok else Failure(value))
             clean = True
         finally:
