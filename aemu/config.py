@@ -126,7 +126,7 @@ class MachineConfig:
     patches: frozenset[str] = SERIES["after"]
     lockless: tuple[str, ...] = ()
     costs: CostModel = field(default_factory=CostModel)
-    lock_policy: str = "fifo"
+    lock_policy: str = "barging"  # glibc's default pthread mutex, as QemuMutex is (aemu.sync.policy)
     seed: int = 1
     quantum_ns: int = 10_000
     duration_ns: int | None = None

@@ -162,7 +162,7 @@ class DeviceHost:
         """A device mutex (``QemuMutex``), accounted like the BQL and listed in ``self.locks``."""
         if name in self.locks or name == self.bql.name:
             raise ConfigError(f"a lock named {name!r} already exists")
-        lock = self.locks[name] = Lock(name, handoff_ns=self.costs.mutex_handoff_ns)
+        lock = self.locks[name] = Lock(name, handoff_ns=self.costs.mutex_handoff_ns, policy=self.bql.policy)
         return lock
 
     def gsi(self, n: int) -> IRQLine:

@@ -254,6 +254,9 @@ class HPETState(Device):
         self.hpet_counter = 0
         #: ns to add to virtual time to get the counter's time (uint64, as in QEMU).
         self.hpet_offset = 0
+        #: The highest running-counter value a lockless read has returned: a vCPU running ahead
+        #: of global time reads past it, and stopping the counter must not go back below that.
+        self.lockless_high = 0
         #: The i8254's output is enabled unless the HPET is in legacy replacement mode.
         self.pit_enabled = True
         #: ``fsb_write(addr, value)``: how the machine delivers an FSB (MSI) message; None drops it.
@@ -300,6 +303,7 @@ class HPETState(Device):
         self.pit_enabled = True
         self.hpet_counter = 0
         self.hpet_offset = 0
+        self.lockless_high = 0
         self.config = 0
 
     # -- switches --------------------------------------------------------------------------------
@@ -397,6 +401,8 @@ class HPETState(Device):
         version = seq.read_begin()
         if self.config & HPET_CFG_ENABLE:
             tick = self._ticks_at(k.clock() + k.offset_ns)
+            if tick > self.lockless_high:
+                self.lockless_high = tick
         else:
             tick = self.hpet_counter
         seq.read_retry(version)  # nothing ran in between: no writer can have moved it
@@ -424,6 +430,8 @@ class HPETState(Device):
         tick = self.counter_value()
         if seq.read_retry(version):
             tick = await self._counter_read_slow()
+        elif self.config & HPET_CFG_ENABLE and tick > self.lockless_high:
+            self.lockless_high = tick
         return tick >> ((addr & 4) * 8)
 
     async def _ram_write(self, addr: int, value: int, size: int) -> None:
@@ -507,6 +515,7 @@ class HPETState(Device):
             # QEMU stores the value even while running (with a trace); it is used only
             # once the counter is halted and restarted.
             self.hpet_counter = _deposit64(self.hpet_counter, shift, length, value)
+            self.lockless_high = 0  # the guest set the counter: it may go back
 
     def _write_config(self, new_val: int, ops: list[_IrqOp]) -> None:
         old_val = self.config
@@ -520,7 +529,10 @@ class HPETState(Device):
                     self._update_irq(t, True, ops)
                 self._set_timer(t)
         elif _deactivating(old_val, new_val, HPET_CFG_ENABLE):
-            self.hpet_counter = self._get_ticks()
+            # The counter stops where it is now, and no lower than a value a lockless reader
+            # running ahead of global time has already read: that read came before this write,
+            # as for a reader of QEMU's seqlock that did not retry -- never a backward step.
+            self.hpet_counter = max(self._get_ticks(), self.lockless_high)
             for t in self.timers:
                 self._del_timer(t, ops)
         if _activating(old_val, new_val, HPET_CFG_LEGACY):

@@ -49,13 +49,24 @@ class Fifo(HandoffPolicy):
 
 
 class Barging(HandoffPolicy):
-    """glibc's default mutex (``PTHREAD_MUTEX_NORMAL``, lowlevellock.h): the release frees the
-    lock and wakes the oldest waiter (futex_wake of one).
+    r"""glibc's default mutex, which ``QemuMutex`` is (``pthread_mutex_init`` with no attributes,
+    util/qemu-thread-posix.c), and aemu's default for the BQL and device mutexes. Step by step:
 
-    Any task that calls acquire while the lock is free takes it, even with a wakee on its way (a
-    *barge*). A wakee that finds the lock taken goes back to the tail of the queue (futex_wait
-    re-queues at the tail): a *requeue*, not a new contention. Every release that finds tasks
-    queued wakes one, so several wakees can be on their way at once.
+    * lock, free: one compare-and-swap 0 -> 1 takes it (``lll_lock``, sysdeps/nptl/lowlevellock.h)
+      -- here :meth:`Lock.try_acquire`, whoever runs first, even with wakees on their way (a
+      *barge*); no spinning (only ``PTHREAD_MUTEX_ADAPTIVE_NP`` spins);
+    * lock, taken: ``__lll_lock_wait`` (nptl/lowlevellock.c) marks it contended (2) and sleeps
+      in ``futex_wait`` -- here the task queues and, with ``--host-cpus``, gives its CPU up;
+    * unlock: ``lll_unlock`` swaps in 0 and, if it was contended, ``futex_wake``\s one sleeper
+      (the kernel wakes futex waiters in FIFO order) -- here the lock stays free and the oldest
+      waiter is woken ``handoff_ns`` later;
+    * the wakee runs (with ``--host-cpus``, once it has a CPU) and competes again: if somebody
+      took the lock meanwhile it sleeps again at the tail of the futex queue -- a *requeue*, not
+      a new contention. Every release that finds tasks queued wakes one, so several wakees can
+      be on their way at once.
+
+    Not modelled: the spurious ``futex_wake`` an unlock makes after a contended acquisition when
+    nobody waits any more, and the syscall's cost to the unlocker.
     """
 
     __slots__ = ()

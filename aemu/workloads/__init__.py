@@ -16,12 +16,12 @@ from ..replay.workload import ReplayWorkload
 from .base import Workload
 from .boot import Boot
 from .console import Console
-from .micro import HPETBench, Idle, PMTimerBench
+from .micro import HPETBench, HPETTorture, Idle, PMTimerBench
 
 __all__ = ["BUILTIN_WORKLOADS", "WORKLOADS", "Workload", "get_workload", "register"]
 
 #: The workloads aemu ships, in ``--help`` order.
-BUILTIN_WORKLOADS: tuple[type[Workload], ...] = (HPETBench, PMTimerBench, Idle, Boot, Console, ReplayWorkload)
+BUILTIN_WORKLOADS: tuple[type[Workload], ...] = (HPETBench, HPETTorture, PMTimerBench, Idle, Boot, Console, ReplayWorkload)
 
 #: Every workload by name: the built-ins and those added with :func:`register`.
 WORKLOADS: dict[str, Callable[..., Workload]] = {cls.name: cls for cls in BUILTIN_WORKLOADS}
