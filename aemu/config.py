@@ -33,7 +33,10 @@ IRQCHIP_MODES = ("on", "off", "split")
 #: The BQL's hand-off policies (--lock-policy): the names of aemu.sync.policy.POLICIES.
 LOCK_POLICIES = tuple(POLICIES)
 #: QEMU options that are accepted and ignored (they change nothing aemu models).
-_IGNORED_WITH_VALUE = {"-cpu", "-m", "-display", "-name", "-vga"}
+_IGNORED_WITH_VALUE = {"-m", "-display", "-name", "-vga"}
+#: ``-cpu`` models aemu accepts, and the CPU flags it models (QEMU docs/system/i386/hyperv.rst).
+CPU_MODELS = ("host", "max")
+CPU_FLAGS = ("hv-time",)
 _IGNORED_FLAGS = {"-enable-kvm", "-nographic", "-no-reboot", "-S"}
 
 #: Most vCPUs a machine takes: QEMU's pc-q35 limit since 9.0 (commit e4e98c7eebfa, "pc: q35: Bump
@@ -132,6 +135,8 @@ class MachineConfig:
     duration_ns: int | None = None
     #: physical CPUs the machine's threads share (``--host-cpus``); None: one per thread
     host_cpus: int | None = None
+    #: ``-cpu host,hv-time``: the Hyper-V reference TSC page (a clock the guest reads with no exit)
+    hv_time: bool = False
 
     def __post_init__(self) -> None:
         if self.machine not in MACHINES:
@@ -177,13 +182,14 @@ class MachineConfig:
             "workload_params": dict(self.workload_params), "series": self.series,
             "patches": sorted(self.patches, key=list(PATCHES).index), "lockless": list(self.lockless),
             "lock_policy": self.lock_policy, "seed": self.seed, "quantum_ns": self.quantum_ns,
-            "duration_ns": self.duration_ns, "host_cpus": self.host_cpus, "costs": self.costs.to_dict(),
+            "duration_ns": self.duration_ns, "host_cpus": self.host_cpus, "hv_time": self.hv_time,
+            "costs": self.costs.to_dict(),
         }
 
     def qemu_args(self) -> str:
         """The configuration as QEMU-style options."""
         return (f"-M {self.machine},hpet={'on' if self.hpet else 'off'} -smp {self.smp} "
-                f"-accel kvm,kernel-irqchip={self.kernel_irqchip}")
+                f"-accel kvm,kernel-irqchip={self.kernel_irqchip}" + (" -cpu host,hv-time" if self.hv_time else ""))
 
     @classmethod
     def parse(cls, args: str | Sequence[str]) -> MachineConfig:
@@ -215,6 +221,8 @@ class MachineConfig:
                 kw["smp"] = SMP.parse(value(opt))
             elif opt == "-accel":
                 kw.update(_parse_accel(value(opt)))
+            elif opt == "-cpu":
+                kw.update(_parse_cpu(value(opt)))
             elif opt in _IGNORED_FLAGS:
                 pass
             elif opt in _IGNORED_WITH_VALUE:
@@ -275,7 +283,7 @@ _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs"
 
 #: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
 #: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.
-OPTIONS_WITH_VALUE: frozenset[str] = frozenset({"-M", "-machine", "-smp", "-accel", *_IGNORED_WITH_VALUE,
+OPTIONS_WITH_VALUE: frozenset[str] = frozenset({"-M", "-machine", "-smp", "-accel", "-cpu", *_IGNORED_WITH_VALUE,
                                                 *_LONG_WITH_VALUE})
 
 
@@ -297,6 +305,26 @@ def _parse_machine(text: str) -> dict[str, Any]:
             out.update(_parse_accel("kvm,kernel-irqchip=" + val))
         else:
             raise ConfigError(f"-M: unknown property {key!r}; accepted: hpet, kernel-irqchip")
+    return out
+
+
+def _parse_cpu(text: str) -> dict[str, Any]:
+    """``-cpu MODEL[,FLAG[=on|off]...]``: the model is not modelled beyond its name; of the flags
+    only ``hv-time`` is (any other is an error, not silently ignored)."""
+    model, *flags = text.split(",")
+    if model not in CPU_MODELS:
+        raise ConfigError(f"-cpu: model {model!r} is not modelled; accepted: {', '.join(CPU_MODELS)}")
+    out: dict[str, Any] = {}
+    for flag in flags:
+        name, eq, val = flag.partition("=")
+        on = True
+        if name.startswith(("+", "-")) and not eq:
+            on, name = name[0] == "+", name[1:]
+        elif eq:
+            on = _onoff(f"-cpu {name}", val)
+        if name not in CPU_FLAGS:
+            raise ConfigError(f"-cpu: flag {name!r} is not modelled; aemu models: {', '.join(CPU_FLAGS)}")
+        out["hv_time"] = on
     return out
 
 

@@ -1,39 +1,47 @@
-"""``boot``: a documented synthetic model of a Windows-like SMP boot.
+"""``boot``: a Windows-like SMP boot -- aemu's one guest profile (docs/WINDOWS-GUEST.md).
 
-Not a trace: a small program per vCPU that exercises the paths the seed's boot stalls on.
+Not a trace: a small program per vCPU with the parts of a Windows boot that hit QEMU's BQL.
+Every value is a parameter whose source, or the word "assumption", is in docs/WINDOWS-GUEST.md
+section 6 and in README's guest-profile table.
 
-* **BSP (vCPU 0)**: a PCI config scan of bus 0 (``pci-conf-idx`` write + ``pci-conf-data``
-  read per slot), an RTC read (index/data for seconds, minutes, hours), a banner on the serial
-  port, then the startup IPIs that wake the APs (INIT-SIPI through the in-kernel LAPIC).
-* **APs** start halted and wait for their startup IPI.
-* **Every vCPU** then runs ``phases`` timer-polling phases, as Windows' stall and calibration
-  loops do without invariant TSC or ``hv-time``: a *stall* loop (``stall_reads`` timer reads,
-  ``stall_compute_ns`` apart) and a *work* stretch (``work_reads`` reads, ``work_compute_ns``
-  apart: about 20,000 reads per second per vCPU, in the 2k-50k range CALIBRATION.md cites).
-  The timer is the ACPI PM timer with ``hpet=off`` and the HPET main counter with ``hpet=on``.
-  After each phase the vCPUs meet at a rendezvous, as Windows' processor start-up and IPI
-  generic calls make every processor wait for the others: a vCPU that arrives early spins in a
-  stall loop (a timer read every ``stall_compute_ns``) until all have arrived -- so stragglers
-  are slowed further by the spinners. Then each vCPU idles: it arms its LAPIC timer for
-  ``idle_ns`` and halts until the timer interrupt; the BSP prints a progress line on the serial
-  port.
-* The boot is done when every vCPU has finished its phases. The metric is the virtual time that
-  took; a cap (``--duration``, default 2 s of virtual time) ends a boot that stalls, and the
-  result then says ``finished: false``.
+* **The clock Windows reads** (QueryPerformanceCounter's source) follows what the machine offers,
+  as Windows chooses it: the Hyper-V reference TSC page with ``-cpu host,hv-time`` (read without
+  an exit: a TSC read and a page read, ``hv_read_ns``); else the HPET main counter when the
+  machine has one (a 4-byte MMIO read of 0xfed000f0: Windows makes 32-bit HPET accesses);
+  else the ACPI PM timer (a 4-byte ``IN`` from PM base + 8). ``-cpu host`` alone offers no
+  invariant TSC, so Windows does not use the TSC (QEMU filters invtsc out of ``-cpu host``).
+* **BSP (vCPU 0)**: enables the HPET when it uses it, scans PCI bus 0 (``pci-conf-idx`` write +
+  ``pci-conf-data`` read per slot), reads the RTC, prints a banner on the serial port, then
+  starts the APs one at a time, as ``KeStartAllProcessors`` does: a startup IPI, then it stalls
+  (``KeStallExecutionProcessor``, polling the clock) until that AP has checked in.
+* **An AP** waits for its startup IPI, spends ``ap_start_us`` of guest work initialising, and
+  checks in.
+* **Every vCPU** then runs ``phases`` phases: ``work_us`` of guest work during which it reads the
+  clock ``qpc_per_s`` times per second of work (counted: a slower read makes the work longer),
+  and ``stalls`` calls of ``KeStallExecutionProcessor(stall_us)``, which spin on the clock until
+  the deadline has passed (timed: a slower read means fewer reads, not a longer stall). After
+  each phase the vCPUs meet at a rendezvous (an IPI generic call): early arrivers spin on memory
+  with ``pause``, which KVM's pause-loop exiting turns into yielding the host CPU; modelled as
+  waiting off-CPU until the last arrival's IPI (assumption). Then each vCPU idles for one
+  clock tick: it arms its LAPIC timer for ``idle_ns`` and halts until the interrupt; the BSP
+  prints a progress line.
+* The boot is done when every vCPU has finished its phases; the metric is the virtual time that
+  took. A cap (``--duration``, default 2 s) ends a boot that stalls (``finished: false``).
 
-The loops are counted (a fixed number of reads), not timed: a slower timer read makes the boot
-slower, as it does for a guest whose stall loops spin on the timer.
+The boot is shortened (a few ms of guest work per vCPU where Windows takes minutes): the ratios
+between configurations are what it is for.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .. import clock
 from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
 from ..result import Metric
 from .base import Param, Workload
-from .micro import HPET_CFG, HPET_COUNTER
+from .micro import HPET_CFG, HPET_CLK_PERIOD_NS, HPET_COUNTER
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -41,38 +49,84 @@ if TYPE_CHECKING:
 SERIAL_THR = 0x3F8
 STARTUP_VECTOR = 0x30
 IDLE_VECTOR = 0xEC  # the LAPIC timer
+PM_TIMER_HZ = 3_579_545  # ACPI PM timer frequency (ACPI spec; QEMU hw/acpi/core.c PM_TIMER_FREQUENCY)
+RENDEZVOUS_VECTOR = 0xFB  # the IPI the last vCPU at a rendezvous sends the others
+
+
+class GuestClock:
+    """One vCPU's QueryPerformanceCounter: which source it reads, and the time it has seen.
+
+    ``read()`` is a guest program fragment: one read of the source; afterwards ``ns`` is the
+    time since the first read, as the guest computes it from the counter (wrap-around included).
+    """
+
+    __slots__ = ("source", "ns", "_last", "_op", "_wrap", "_scale", "_hv_read")
+
+    def __init__(self, machine: Machine, hv_read_ns: int) -> None:
+        self.ns = 0
+        self._last: int | None = None
+        self._hv_read = Compute(hv_read_ns)
+        self._op: MMIORead | PIORead | None
+        if machine.config.hv_time:
+            self.source, self._op, self._wrap, self._scale = "hv-ref-tsc", None, 0, 1.0
+        elif machine.config.hpet:
+            self.source, self._op = "hpet", MMIORead(HPET_COUNTER, 4)
+            self._wrap, self._scale = (1 << 32) - 1, float(HPET_CLK_PERIOD_NS)
+        else:
+            self.source, self._op = "acpi-pm-timer", PIORead(machine.pm_timer_port, 4)
+            self._wrap, self._scale = (1 << 24) - 1, 1e9 / PM_TIMER_HZ
+
+    def read(self) -> GuestProgram:
+        if self._op is None:  # the reference TSC page: no exit
+            yield self._hv_read
+            raw = clock.local_now_ns()
+            delta = 0 if self._last is None else raw - self._last
+        else:
+            raw = yield self._op
+            delta = 0 if self._last is None else (raw - self._last) & self._wrap
+        self._last = raw
+        self.ns += round(delta * self._scale)
+
+    def stall(self, ns: int, poll: Compute) -> GuestProgram:
+        """``KeStallExecutionProcessor``: poll the clock until ``ns`` have passed."""
+        yield from self.read()
+        deadline = self.ns + ns
+        while self.ns < deadline:
+            yield poll
+            yield from self.read()
 
 
 class Boot(Workload):
-    """A Windows-like SMP boot (see module docstring)."""
+    """A Windows-like SMP boot (see the module docstring)."""
 
     name = "boot"
-    summary = "synthetic Windows-like SMP boot polling its timer; metric: time to finish"
+    summary = "Windows-like SMP boot reading the clock the machine offers; metric: time to finish"
 
     parameters = {
-        "phases": Param(3, "timer-polling phases per vCPU", min=1),
-        "stall_reads": Param(50, "timer reads per stall loop"),
-        "stall_compute_ns": Param(1_000, "guest compute between stall-loop reads, ns"),
-        "work_reads": Param(60, "timer reads per work stretch"),
-        "work_compute_ns": Param(50_000, "guest compute between work reads, ns"),
+        "phases": Param(3, "boot phases, each ending in a rendezvous of all vCPUs (assumption)", min=1),
+        "work_us": Param(2_000, "guest work per vCPU per phase, us (a shortened boot)", min=1),
+        "qpc_per_s": Param(10_000, "clock reads per second of guest work (assumption; 2k-50k)", min=1),
+        "stalls": Param(10, "KeStallExecutionProcessor calls per vCPU per phase (assumption)"),
+        "stall_us": Param(20, "each stall, us (Microsoft: typically under 50)", min=1),
+        "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (assumption)", min=1),
+        "ap_start_us": Param(50, "an AP's start-up work before it checks in, us (assumption)"),
+        "hv_read_ns": Param(50, "a reference TSC page read (TSC + page), ns (assumption)", min=1),
         "idle_ns": Param(200_000, "LAPIC timer idle after each phase, ns", min=1),
         "pci_slots": Param(32, "PCI slots the BSP scans on bus 0", max=32),
     }
 
     def setup(self, machine: Machine) -> None:
         self.arrived: list[int] = [0] * int(self.params["phases"])
+        self.checked_in = 1  # the BSP
         self.cpus = len(machine.vcpus)
 
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
         p = self.params
-        arrived = self.arrived
-        if machine.config.hpet:
-            read: Any = MMIORead(HPET_COUNTER, 8)
-        else:
-            read = PIORead(machine.pm_timer_port, 4)
+        qpc = GuestClock(machine, p["hv_read_ns"])
+        poll = Compute(p["poll_ns"])
         if index == 0:
-            if machine.config.hpet:
-                yield MMIOWrite(HPET_CFG, 1, 8)
+            if qpc.source == "hpet":
+                yield MMIOWrite(HPET_CFG, 1, 4)
             for slot in range(p["pci_slots"]):
                 yield PIOWrite(0xCF8, 0x8000_0000 | slot << 11, 4)
                 yield PIORead(0xCFC, 4)
@@ -80,23 +134,29 @@ class Boot(Workload):
                 yield PIOWrite(0x70, reg, 1)
                 yield PIORead(0x71, 1)
             yield from _serial(b"aemu boot: starting APs\r\n")
-            for ap in range(1, len(machine.vcpus)):
+            for ap in range(1, self.cpus):
                 yield SendIPI(ap, STARTUP_VECTOR)
+                while self.checked_in <= ap:  # KeStartAllProcessors waits for the AP
+                    yield from qpc.stall(p["stall_us"] * 1000, poll)
         else:
-            yield WaitForVector(STARTUP_VECTOR)  # wait for the startup IPI
-        stall = Compute(p["stall_compute_ns"])
-        work = Compute(p["work_compute_ns"])
+            yield WaitForVector(STARTUP_VECTOR)
+            yield Compute(p["ap_start_us"] * 1000)
+            self.checked_in += 1
+        interval = Compute(max(1, 10**9 // p["qpc_per_s"]))
+        reads = max(1, p["work_us"] * p["qpc_per_s"] // 1_000_000)
         for phase in range(p["phases"]):
-            for _ in range(p["stall_reads"]):
-                yield read
-                yield stall
-            for _ in range(p["work_reads"]):
-                yield work
-                yield read
-            arrived[phase] += 1  # the rendezvous lives in guest RAM: no exit to check it
-            while arrived[phase] < self.cpus:
-                yield read
-                yield stall
+            for i in range(reads):
+                yield interval
+                yield from qpc.read()
+                if i * p["stalls"] // reads != (i + 1) * p["stalls"] // reads:  # stalls spread over the work
+                    yield from qpc.stall(p["stall_us"] * 1000, poll)
+            self.arrived[phase] += 1  # the rendezvous lives in guest RAM: no exit to check it
+            if self.arrived[phase] < self.cpus:
+                yield WaitForVector(RENDEZVOUS_VECTOR)
+            else:
+                for cpu in range(self.cpus):
+                    if cpu != index:
+                        yield SendIPI(cpu, RENDEZVOUS_VECTOR)
             if index == 0:
                 yield from _serial(b"phase %d done\r\n" % phase)
             yield LAPICTimer(p["idle_ns"], IDLE_VECTOR)

@@ -18,9 +18,10 @@ latency (from the exit to the return into the guest, lock waits included).
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
-from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, SendIPI, WaitForVector
+from ..cpu import Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, SendIPI, WaitForVector
 from ..errors import ConfigError
 from ..result import Metric
 from .base import Param, Workload
@@ -59,7 +60,7 @@ class _HPETTest(Workload):
         config = yield MMIORead(HPET_CFG, 8)
         yield MMIOWrite(HPET_CFG, config | 1, 8)
 
-    def reader(self, reads: int, compute: Compute) -> GuestProgram:
+    def reader(self, reads: int, compute: Compute) -> Generator[Exit, Any, int]:
         """``hpet_reader``: ``reads`` back-to-back counter reads, counting backward steps."""
         read = MMIORead(HPET_COUNTER, 8)
         start = old = yield read
@@ -70,7 +71,8 @@ class _HPETTest(Workload):
             old = new
             yield compute
         end = yield read
-        return (end - start) * HPET_CLK_PERIOD_NS // reads
+        latency: int = (end - start) * HPET_CLK_PERIOD_NS // reads
+        return latency
 
     def wait_for_aps(self) -> GuestProgram:
         """The BSP's ``while (cpus_active() > 1) pause();``: guest time on its CPU, no exits."""
