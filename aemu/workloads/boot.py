@@ -104,15 +104,17 @@ class Boot(Workload):
 
     parameters = {
         "phases": Param(3, "boot phases, each ending in a rendezvous of all vCPUs (assumption)", min=1),
-        "work_us": Param(2_000, "guest work per vCPU per phase, us (a shortened boot)", min=1),
-        "qpc_per_s": Param(10_000, "clock reads per second of guest work (assumption; 2k-50k)", min=1),
+        "work_us": Param(2_000, "guest work per vCPU per phase, us (assumption: a shortened boot)", min=1),
+        "qpc_per_s": Param(10_000, "clock reads per second of guest work (assumption in the 2k-50k range of "
+                                   "docs/WINDOWS-GUEST.md 6)", min=1),
         "stalls": Param(10, "KeStallExecutionProcessor calls per vCPU per phase (assumption)"),
-        "stall_us": Param(20, "each stall, us (Microsoft: typically under 50)", min=1),
+        "stall_us": Param(20, "each stall, us (KeStallExecutionProcessor docs: typically under 50; 20: assumption)",
+                          min=1),
         "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (assumption)", min=1),
         "ap_start_us": Param(50, "an AP's start-up work before it checks in, us (assumption)"),
         "hv_read_ns": Param(50, "a reference TSC page read (TSC + page), ns (assumption)", min=1),
-        "idle_ns": Param(200_000, "LAPIC timer idle after each phase, ns", min=1),
-        "pci_slots": Param(32, "PCI slots the BSP scans on bus 0", max=32),
+        "idle_ns": Param(200_000, "LAPIC timer idle after each phase, ns (assumption)", min=1),
+        "pci_slots": Param(32, "PCI slots the BSP scans on bus 0 (PCI: 32 devices per bus)", max=32),
     }
 
     def setup(self, machine: Machine) -> None:
