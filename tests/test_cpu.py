@@ -66,13 +66,14 @@ class TestOneDecision:
         yield seen
 
     @pytest.mark.parametrize("series, extra, expected", [
-        ("before", "", 101),  # the ENABLE write and 100 counter reads, each under the BQL
+        # hpet_read_test at -smp 1: CONFIG read + write (the enable), then 1 + 100 + 1 counter reads
+        ("before", "", 104),  # all 104 accesses, each under the BQL
         ("after", "", 0),  # hpet-lock: the region is lockless; the counter read takes no lock
         ("after", "--patch=-hpet-counter-lockless", 0),  # the HPET's own mutex, not the BQL
     ])
     def test_hpet_reads(self, calls: list[str], series: str, extra: str, expected: int) -> None:
         r = simulate(config(s=series, extra=f"--param reads=100 {extra}"))
-        assert r.regions_by_name()["hpet"].count == 101
+        assert r.regions_by_name()["hpet"].count == 104
         assert calls.count("hpet") == expected
         assert site_acquisitions(r, "hpet read") + site_acquisitions(r, "hpet write") == expected
 
@@ -120,8 +121,8 @@ class TestPreRun:
     ])
     def test_entries_that_take_the_bql(self, chip: str, series: str, per_read: int) -> None:
         r = simulate(config(chip=chip, s=series, extra="--param reads=50"))
-        exits = r.vcpus[0].exits_by_kind["mmio"]  # the reads and one HPET enable
-        assert exits == 51
+        exits = r.vcpus[0].exits_by_kind["mmio"]  # 1 + 50 + 1 reads and the enable (CONFIG read + write)
+        assert exits == 54
         assert site_acquisitions(r, "kvm_arch_pre_run") == (exits + 1) * per_read  # + the first entry
 
     def test_switch_flipped_on_a_built_machine(self) -> None:
@@ -132,7 +133,8 @@ class TestPreRun:
 
         m = Machine(config(s="after", extra="--param reads=50"))
         m.set_patch("irqchip-pre-run", False)
-        assert site_acquisitions(Result.from_machine(clock.run(run_machine(m))), "kvm_arch_pre_run") == 52
+        # every entry takes it: the first and one after each of the 54 exits (52 reads, CONFIG read + write)
+        assert site_acquisitions(Result.from_machine(clock.run(run_machine(m))), "kvm_arch_pre_run") == 55
 
 
 class TestLatencyBooks:

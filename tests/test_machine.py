@@ -18,12 +18,30 @@ def run(args: str):  # type: ignore[no-untyped-def]
     return simulate(MachineConfig.parse(args))
 
 
+#: after, lockless: each of the 31 APs' counter delta is one 3,000 ns read then 60 x (3,000 read +
+#: 100 compute), x 10 ns / 60 reads = 3,150 ns; hpet_read_test divides the sum by all 32 CPUs
+HPET_32_AFTER_NS = 31 * (3_000 + 60 * 3_100) / 60 / 32
+
+
 class TestSeedResults:
-    def test_hpet_bench_32_vcpus_after_is_at_most_a_fifth_of_before(self) -> None:
-        common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60"
+    def test_hpet_bench_32_vcpus_after_is_at_most_a_fifth_of_before_with_fifo(self) -> None:
+        # the seed's claim, made with the fifo hand-off (a wake-up per acquisition: the readers
+        # convoy): 295,821 ns -> 3,052 ns, after/before 0.010
+        common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60 --lock-policy fifo"
         before, after = run(common + " --series before"), run(common + " --series after")
         assert before.finished and after.finished
+        assert after.metric.value == HPET_32_AFTER_NS
         assert after.metric.value <= 0.2 * before.metric.value
+        assert after.bql.acquisitions < before.bql.acquisitions / 10
+
+    def test_hpet_bench_32_vcpus_barging_default(self) -> None:
+        # glibc's barging mutex (the default), a host CPU per vCPU: no convoy, 5,627 ns -> 3,052 ns,
+        # after/before 0.54 -- not the published "over 80% lower" (that needs --host-cpus, issue 12)
+        common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60"
+        before, after = run(common + " --series before"), run(common + " --series after")
+        assert before.finished and after.finished and before.config.lock_policy == "barging"
+        assert after.metric.value == HPET_32_AFTER_NS
+        assert 0.45 <= after.metric.value / before.metric.value <= 0.65
         assert after.bql.acquisitions < before.bql.acquisitions / 10
 
     def test_hpet_bench_one_vcpu_before_and_after_within_10_percent(self) -> None:
@@ -32,10 +50,22 @@ class TestSeedResults:
         assert abs(before.metric.value - after.metric.value) <= 0.1 * before.metric.value
 
     def test_boot_32_vcpus_before_is_10x_slower_and_names_the_culprits(self) -> None:
-        common = f"-M q35,hpet=off -smp 32,sockets=4 {SPLIT} --workload boot --param phases=2"
+        # the seed's claim, made with the fifo hand-off: 82.2 ms -> 7.3 ms (11.2x) at e525715; under
+        # the default barging policy the same boot is 9.2 ms -> 7.3 ms (1.26x) and the claim does not hold
+        common = f"-M q35,hpet=off -smp 32,sockets=4 {SPLIT} --workload boot --param phases=2 --lock-policy fifo"
         before, after = run(common + " --series before"), run(common + " --series after")
         assert after.finished
         assert not before.finished or before.virtual_ns >= 10 * after.virtual_ns
+        top = [s.site for s in before.bql.sites[:3]]
+        assert "acpi-tmr read" in top and "kvm_arch_pre_run" in top
+
+    def test_boot_32_vcpus_barging_default_before_is_slower_and_names_the_culprits(self) -> None:
+        # the default barging policy, a host CPU per vCPU: 9.2 ms -> 7.3 ms (1.26x) at e525715; the same
+        # two sites hold the BQL most (acpi-tmr read, kvm_arch_pre_run)
+        common = f"-M q35,hpet=off -smp 32,sockets=4 {SPLIT} --workload boot --param phases=2"
+        before, after = run(common + " --series before"), run(common + " --series after")
+        assert before.finished and after.finished and before.config.lock_policy == "barging"
+        assert before.virtual_ns > after.virtual_ns
         top = [s.site for s in before.bql.sites[:3]]
         assert "acpi-tmr read" in top and "kvm_arch_pre_run" in top
 
@@ -131,7 +161,7 @@ class TestBadInput:
             Machine(MachineConfig.parse("--lockless nope"))
 
     def test_unknown_workload_and_hpet_bench_without_hpet(self) -> None:
-        with pytest.raises(ConfigError, match="unknown workload 'nap'; accepted: boot, console, hpet-bench, idle, pmtimer-bench"):
+        with pytest.raises(ConfigError, match="unknown workload 'nap'; accepted: boot, console, hpet-bench, hpet-torture, idle, pmtimer-bench, replay$"):
             Machine(MachineConfig.parse("--workload nap"))
         with pytest.raises(ConfigError, match="needs the HPET"):
             Machine(MachineConfig.parse("-M q35,hpet=off --workload hpet-bench"))
@@ -231,7 +261,8 @@ class TestRunCap:
 class TestRunMachine:
     """aemu.runner.run_machine: how a run ends (finished, cap, stop request, error, cancel)."""
 
-    HPET = f"-smp 4 {SPLIT} --workload hpet-bench --param reads=50 --series before"
+    # 0.69 ms of virtual time (barging: the 3 APs seldom contend): it outlasts the 300 us cap and the 200 us cancel
+    HPET = f"-smp 4 {SPLIT} --workload hpet-bench --param reads=200 --series before"
 
     def test_progress_and_the_cap(self) -> None:
         from aemu import clock

@@ -17,6 +17,7 @@ from aemu import MachineConfig, simulate
 from aemu.machine import Machine, simulate_machine
 from aemu.clock import run
 from aemu.result import SCHEMA, Metric, RegionLatency, Result, VCPUResult, region_latency
+from aemu.workloads.micro import HPETBench
 
 CDF_PERCENTILES = [float(p) for p in range(100)] + [99.9, 99.99, 100.0]
 
@@ -117,8 +118,12 @@ class TestFromMachine:
         r = Result.from_machine(m)
         samples = [dt for c in m.vcpus for dt in Counter(c.latency["hpet"]).elements()]
         assert r.regions == (brute_force("hpet", samples),)
-        assert r.metric == Metric("median read latency", r.regions[0].p50, "ns")
-        assert [v.exits_by_region for v in r.vcpus] == [{"hpet": 21}, {"hpet": 20}, {"hpet": 20}]
+        # hpet_read_test: the BSP only enables (CONFIG read + write); each AP reads 1 + 20 + 1 times
+        assert [v.exits_by_region for v in r.vcpus] == [{"hpet": 2}, {"hpet": 22}, {"hpet": 22}]
+        assert isinstance(m.workload, HPETBench)
+        per_cpu = m.workload.latency  # tick delta x 10 ns / reads per AP; the BSP reads nothing
+        assert per_cpu[0] == 0 and all(ns >= (3_000 + 20 * 3_100) // 20 for ns in per_cpu[1:])  # no faster than alone
+        assert r.metric == Metric("average read (hpet_read_test)", sum(per_cpu) / 3, "ns")  # divided by all CPUs
 
     def test_region_accesses_are_the_vcpus_exits(self, boot: Result) -> None:
         for r in boot.regions:

@@ -23,7 +23,7 @@ from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
 from aemu.workloads.boot import Boot
 from aemu.workloads.console import Console
-from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, Idle, PMTimerBench
+from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, HPETTorture, Idle, PMTimerBench
 
 SPLIT = "-accel kvm,kernel-irqchip=split"
 
@@ -57,15 +57,16 @@ class Nap(Workload):
 
 class TestRegistry:
     def test_builtin_table(self) -> None:
-        assert BUILTIN_WORKLOADS == (HPETBench, PMTimerBench, Idle, Boot, Console, ReplayWorkload)
-        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "pmtimer-bench", "idle", "boot", "console", "replay"]
+        assert BUILTIN_WORKLOADS == (HPETBench, HPETTorture, PMTimerBench, Idle, Boot, Console, ReplayWorkload)
+        assert [c.name for c in BUILTIN_WORKLOADS] == ["hpet-bench", "hpet-torture", "pmtimer-bench", "idle", "boot",
+                                                       "console", "replay"]
         assert all(WORKLOADS[c.name] is c for c in BUILTIN_WORKLOADS)
 
     def test_complete_on_import_without_get_workload(self) -> None:
         for first in ("aemu.workloads", "aemu.replay", "aemu.replay.workload", "aemu.workloads.base"):
             code = f"import {first}; from aemu.workloads import WORKLOADS; print(' '.join(WORKLOADS))"
             out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-            assert out.split() == ["hpet-bench", "pmtimer-bench", "idle", "boot", "console", "replay"], first
+            assert out.split() == ["hpet-bench", "hpet-torture", "pmtimer-bench", "idle", "boot", "console", "replay"], first
 
     def test_register_a_user_workload(self, registry: dict[str, Any]) -> None:
         assert register(Nap) is Nap  # usable as a class decorator
@@ -82,7 +83,7 @@ class TestRegistry:
         assert isinstance(get_workload("idle"), Idle2)
 
     def test_unknown_workload_lists_the_accepted(self) -> None:
-        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, console, hpet-bench, idle, pmtimer-bench, replay$"):
+        with pytest.raises(ConfigError, match=r"^unknown workload 'nap'; accepted: boot, console, hpet-bench, hpet-torture, idle, pmtimer-bench, replay$"):
             get_workload("nap")
 
     def test_public_import_paths_and_no_aliases(self) -> None:
@@ -102,6 +103,7 @@ class TestRegistry:
 class TestParameters:
     @pytest.mark.parametrize("cls, defaults", [
         (HPETBench, {"reads": 300}),
+        (HPETTorture, {"reads": 300, "toggles": 300}),
         (PMTimerBench, {"reads": 300}),
         (Idle, {"tick_ns": 1_000_000}),
         (Boot, {"phases": 3, "stall_reads": 50, "stall_compute_ns": 1_000, "work_reads": 60,
@@ -146,7 +148,7 @@ class TestParameters:
 
     def test_summaries_for_help(self) -> None:
         assert all(c.summary for c in BUILTIN_WORKLOADS)
-        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, True, False, False, False]
+        assert [c.open_ended for c in BUILTIN_WORKLOADS] == [False, False, False, True, False, False, False]
 
 
 # -- guest programs ------------------------------------------------------------------------------
@@ -154,7 +156,9 @@ class TestParameters:
 def program(args: str, index: int = 0, **params: Any) -> tuple[Machine, list[Exit]]:
     """A machine built for ``args`` and vCPU ``index``'s program as a list (it must be finite)."""
     m = machine(args, **params)
-    return m, list(m.workload.program(m, index, random.Random(0)))
+    exits = list(islice(m.workload.program(m, index, random.Random(0)), 100_001))
+    assert len(exits) <= 100_000, "the program does not end by itself"  # not all the host's memory
+    return m, exits
 
 
 def machine(args: str, **params: Any) -> Machine:
@@ -162,16 +166,79 @@ def machine(args: str, **params: Any) -> Machine:
     return Machine(config, get_workload(config.workload, **params))
 
 
-class TestPrograms:
-    def test_hpet_bench_bsp_enables_the_hpet_then_reads(self) -> None:
-        _, bsp = program(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", reads=3)
-        read, compute = MMIORead(HPET_COUNTER, 8), Compute(100)
-        assert bsp == [MMIOWrite(HPET_CFG, 1, 8), read, compute, read, compute, read, compute]
-        assert (HPET_CFG, HPET_COUNTER) == (0xFED00010, 0xFED000F0)
+def drive(prog: GuestProgram, n: int, reply: Any = 0) -> list[Exit]:
+    """The first ``n`` exits of ``prog`` (fewer if it ends), answering every one with ``reply(exit)``
+    (a constant or a function): hpet_read_test uses what its reads return."""
+    out: list[Exit] = []
+    value: Any = None
+    try:
+        while len(out) < n:
+            e = prog.send(value)
+            out.append(e)
+            value = reply(e) if callable(reply) else reply
+    except StopIteration:
+        pass
+    return out
 
-    def test_hpet_bench_ap_only_reads(self) -> None:
-        _, ap = program(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", index=1, reads=2)
-        assert ap == [MMIORead(0xFED000F0, 8), Compute(100)] * 2
+
+def counter(start: int = 1_000) -> Any:
+    """Replies counting up by one on every counter read (0 for CONFIG and the rest)."""
+    ticks = iter(range(start, 10**9))
+    return lambda e: next(ticks) if e == MMIORead(HPET_COUNTER, 8) else 0
+
+
+class TestPrograms:
+    """hpet_read_test (kvm-unit-tests x86/hpet_read_test.c): the BSP enables the HPET and starts
+    the APs, which read; with -smp 1 the BSP reads itself."""
+
+    START = 0x31  # on_cpu_async's IPI vector in the workload
+
+    def test_hpet_bench_bsp_enables_the_hpet_starts_the_aps_then_waits(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 3 {SPLIT} --workload hpet-bench", reads=3)
+        bsp = m.workload.program(m, 0, random.Random(0))
+        # CONFIG read-modify-write (a set LEG_RT bit is kept), an IPI per AP from the last down,
+        # then a pause loop with no exits for as long as an AP runs (the program never ends here)
+        assert drive(bsp, 7, lambda e: 0b10 if e == MMIORead(HPET_CFG, 8) else None) == [
+            MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b11, 8), SendIPI(2, self.START), SendIPI(1, self.START),
+            Compute(10_000), Compute(10_000), Compute(10_000)]
+        assert (HPET_CFG, HPET_COUNTER) == (0xFED00010, 0xFED000F0)
+        for ap in (1, 2):  # once both APs are done, the BSP's loop ends
+            drive(m.workload.program(m, ap, random.Random(0)), 100, counter())
+        assert drive(bsp, 5) == []
+
+    def test_hpet_bench_ap_reads_reads_plus_two_times(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", reads=2)
+        ap = drive(m.workload.program(m, 1, random.Random(0)), 100, counter())
+        read, compute = MMIORead(0xFED000F0, 8), Compute(100)
+        assert ap == [WaitForVector(self.START), read, read, compute, read, compute, read]  # start, 2 x (read, loop), end
+        assert isinstance(m.workload, HPETBench) and m.workload.latency == [0, (1_003 - 1_000) * 10 // 2]  # tick delta x 10 ns / reads, per AP
+
+    def test_hpet_bench_one_cpu_the_bsp_reads(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 1 {SPLIT} --workload hpet-bench", reads=2)
+        bsp = drive(m.workload.program(m, 0, random.Random(0)), 100, counter())
+        read, compute = MMIORead(HPET_COUNTER, 8), Compute(100)
+        assert bsp == [MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 1, 8), read, read, compute, read, compute, read]
+        assert isinstance(m.workload, HPETBench) and m.workload.latency == [(1_003 - 1_000) * 10 // 2]
+
+    def test_hpet_reader_counts_backward_steps(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", reads=4)
+        values = iter([10, 20, 15, 30, 25, 40])  # start, 4 reads, end
+        drive(m.workload.program(m, 1, random.Random(0)), 100, lambda e: next(values) if isinstance(e, MMIORead) else None)
+        assert isinstance(m.workload, HPETBench) and m.workload.backward == 2  # 20 -> 15 and 30 -> 25
+
+    def test_hpet_torture_cpu1_toggles_enable_the_others_read(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 4 {SPLIT} --workload hpet-torture", reads=1, toggles=3)
+        bsp = m.workload.program(m, 0, random.Random(0))
+        assert drive(bsp, 5, 0)[2:] == [SendIPI(3, self.START), SendIPI(2, self.START), SendIPI(1, self.START)]
+        cfg = 0b11  # ENABLE and LEG_RT: only ENABLE toggles (even i disables, odd i enables)
+        writer = drive(m.workload.program(m, 1, random.Random(0)), 100, lambda e: cfg if e == MMIORead(HPET_CFG, 8) else None)
+        assert writer == [WaitForVector(self.START),
+                          MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b10, 8), MMIORead(HPET_CFG, 8),
+                          MMIOWrite(HPET_CFG, 0b11, 8), MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b10, 8)]
+        reader = drive(m.workload.program(m, 2, random.Random(0)), 100, counter())
+        assert reader == [WaitForVector(self.START), *[MMIORead(HPET_COUNTER, 8)] * 2, Compute(100), MMIORead(HPET_COUNTER, 8)]
+        with pytest.raises(ConfigError, match="needs -smp 3 or more"):
+            machine(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-torture")
 
     def test_hpet_bench_needs_the_hpet(self) -> None:
         with pytest.raises(ConfigError, match=r"needs the HPET: use -M q35,hpet=on"):
@@ -236,12 +303,28 @@ class TestPrograms:
 # -- metrics -------------------------------------------------------------------------------------
 
 class TestMetrics:
-    def test_read_benches_score_the_median_read(self) -> None:
-        for args, region in ((f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench --param reads=20", "hpet"),
-                             (f"-smp 2 {SPLIT} --workload pmtimer-bench --param reads=20", "acpi-tmr")):
-            r = simulate(MachineConfig.parse(args))
-            assert r.metric == Metric("median read latency", r.regions_by_name()[region].p50, "ns")
-            assert r.metric.value > 0
+    def test_pmtimer_bench_scores_the_median_read(self) -> None:
+        r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload pmtimer-bench --param reads=20"))
+        assert r.metric == Metric("median read latency", r.regions_by_name()["acpi-tmr"].p50, "ns")
+        assert r.metric.value > 0
+
+    @pytest.mark.parametrize("cpus", [1, 2, 4])
+    def test_hpet_bench_scores_as_hpet_read_test(self, cpus: int) -> None:
+        # after, lockless: an AP's counter delta is one 3,000 ns read then 20 x (3,000 read + 100
+        # compute) = 65,000 ns, x 10 / 20 reads = 3,250 ns; summed over the readers (the APs, or the
+        # BSP alone at -smp 1) and divided by every CPU, the BSP included
+        r = simulate(MachineConfig.parse(f"-M q35,hpet=on -smp {cpus} {SPLIT} --workload hpet-bench --param reads=20"))
+        readers = max(cpus - 1, 1)
+        assert r.metric == Metric("average read (hpet_read_test)", readers * 3_250 / cpus, "ns")
+
+    @pytest.mark.parametrize("quantum", ["", "--quantum 0"])
+    @pytest.mark.parametrize("series", ["before", "after"])
+    def test_hpet_torture_never_steps_back(self, series: str, quantum: str) -> None:
+        # the lockless (seqlock) reads of 'after' too: without e525715's "stop no lower than a
+        # lockless read" this run saw 180 backward steps (257 with --quantum 0)
+        r = simulate(MachineConfig.parse(f"-M q35,hpet=on -smp 8 {SPLIT} --workload hpet-torture --series {series} "
+                                         f"--param reads=200 --param toggles=200 {quantum}"))
+        assert r.finished and r.metric == Metric("backward counter steps", 0, "")
 
     def test_idle_scores_interrupts_per_vcpu(self) -> None:
         r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload idle --param tick_ns=100000 --duration 1ms"))
