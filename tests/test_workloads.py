@@ -106,8 +106,8 @@ class TestParameters:
         (HPETTorture, {"reads": 300, "toggles": 300}),
         (PMTimerBench, {"reads": 300}),
         (Idle, {"tick_ns": 1_000_000}),
-        (Boot, {"phases": 3, "stall_reads": 50, "stall_compute_ns": 1_000, "work_reads": 60,
-                "work_compute_ns": 50_000, "idle_ns": 200_000, "pci_slots": 32}),
+        (Boot, {"phases": 3, "work_us": 2_000, "qpc_per_s": 10_000, "stalls": 10, "stall_us": 20, "poll_ns": 50,
+                "ap_start_us": 50, "hv_read_ns": 50, "idle_ns": 200_000, "pci_slots": 32}),
     ])
     def test_defaults(self, cls: type[Workload], defaults: dict[str, Any]) -> None:
         assert cls.defaults() == defaults
@@ -255,49 +255,91 @@ class TestPrograms:
         prog = m.workload.program(m, 0, random.Random(0))
         assert list(islice(prog, 6)) == [LAPICTimer(500, 0xEC), WaitForVector(0xEC)] * 3
 
-    def test_boot_bsp(self) -> None:
-        _, prog = program(f"-M q35,hpet=off -smp 1 {SPLIT} --workload boot", phases=2, stall_reads=2,
-                          work_reads=1, pci_slots=2, stall_compute_ns=10, work_compute_ns=20, idle_ns=30)
+    # The boot (the Windows guest profile, docs/WINDOWS-GUEST.md): the clock source follows the
+    # machine, stalls spin until a deadline, work reads the clock at a rate.
+    BOOT = dict(phases=1, pci_slots=1, work_us=2, qpc_per_s=1_000_000, stalls=1, stall_us=1, poll_ns=50,
+                ap_start_us=0, idle_ns=30)
+
+    def test_boot_bsp_on_one_cpu(self) -> None:
+        m = machine(f"-M q35,hpet=off -smp 1 {SPLIT} --workload boot", **self.BOOT)
+        ticks = iter(range(0, 10**6, 2))  # each PM timer read 2 ticks (~559 ns) after the last
+        prog = drive(m.workload.program(m, 0, random.Random(0)), 10_000,
+                     lambda e: next(ticks) if e == PIORead(0x608, 4) else 0)
         read = PIORead(0x608, 4)
         banner = [PIOWrite(0x3F8, b, 1) for b in b"aemu boot: starting APs\r\n"]
-
-        def phase(n: int) -> list[Exit]:
-            return [read, Compute(10), read, Compute(10), Compute(20), read,
-                    *(PIOWrite(0x3F8, b, 1) for b in b"phase %d done\r\n" % n), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
-
+        # 2 us of work at 1M reads/s: (1 us of work, a read) twice; the one stall (1 us) after the
+        # second read: a read to start, then (poll, read) until 1 us has passed on the PM timer
+        # (2 ticks = 559 ns per read: 2 more); then the rendezvous (alone: no wait), the progress
+        # line and the idle tick
         assert prog == [
             PIOWrite(0xCF8, 0x8000_0000, 4), PIORead(0xCFC, 4),  # PCI config scan, slot 0
-            PIOWrite(0xCF8, 0x8000_0800, 4), PIORead(0xCFC, 4),  # slot 1
             PIOWrite(0x70, 0x00, 1), PIORead(0x71, 1),  # RTC seconds, minutes, hours
             PIOWrite(0x70, 0x02, 1), PIORead(0x71, 1),
             PIOWrite(0x70, 0x04, 1), PIORead(0x71, 1),
-            *banner, *phase(0), *phase(1)]
+            *banner,
+            Compute(1_000), read, Compute(1_000), read,
+            read, Compute(50), read, Compute(50), read,
+            *(PIOWrite(0x3F8, b, 1) for b in b"phase 0 done\r\n"), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
 
-    def test_boot_with_the_hpet_polls_the_hpet(self) -> None:
-        _, prog = program(f"-M q35,hpet=on -smp 1 {SPLIT} --workload boot", phases=1, pci_slots=0)
-        assert prog[0] == MMIOWrite(HPET_CFG, 1, 8)
-        reads = {e for e in prog if isinstance(e, (MMIORead, PIORead)) and e not in (PIORead(0x71, 1),)}
-        assert reads == {MMIORead(HPET_COUNTER, 8)}
+    @pytest.mark.parametrize(("machine_args", "first", "clock"), [
+        ("-M q35,hpet=off -cpu host", [], PIORead(0x608, 4)),  # the ACPI PM timer
+        ("-M q35,hpet=on -cpu host", [MMIOWrite(HPET_CFG, 1, 4)], MMIORead(HPET_COUNTER, 4)),  # the HPET, 32-bit
+        ("-M pc,hpet=off", [], PIORead(0x608, 4)),
+    ])
+    def test_boot_reads_the_clock_windows_would(self, machine_args: str, first: list[Exit], clock: Exit) -> None:
+        m = machine(f"{machine_args} -smp 1 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})
+        ticks = iter(range(0, 10**6, 4))
+        prog = drive(m.workload.program(m, 0, random.Random(0)), 10_000, lambda e: next(ticks) if e == clock else 0)
+        assert prog[:len(first)] == first
+        reads = {e for e in prog if isinstance(e, (MMIORead, PIORead)) and e != PIORead(0x71, 1)}
+        assert reads == {clock}
 
-    def test_boot_bsp_starts_the_aps_and_the_aps_wait_for_it(self) -> None:
-        m = machine(f"-M q35,hpet=off -smp 3 {SPLIT} --workload boot", phases=1, pci_slots=0)
-        bsp = m.workload.program(m, 0, random.Random(0))
-        ipis = [e for e in islice(bsp, 200) if isinstance(e, SendIPI)]
-        assert ipis == [SendIPI(1, 0x30), SendIPI(2, 0x30)]
-        ap = m.workload.program(m, 2, random.Random(0))
-        assert next(ap) == WaitForVector(0x30)
+    def test_boot_with_hv_time_reads_the_reference_tsc_page_without_exits(self) -> None:
+        params = " ".join(f"--param {k}={v}" for k, v in {**self.BOOT, "pci_slots": 0}.items())
+        r = simulate(MachineConfig.parse(f"-M q35,hpet=on -cpu host,hv-time -smp 2 {SPLIT} --workload boot {params}"))
+        assert r.finished
+        assert all("hpet" not in v.exits_by_region and "acpi-tmr" not in v.exits_by_region for v in r.vcpus)
 
-    def test_boot_rendezvous_spins_until_every_vcpu_arrives(self) -> None:
-        m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", phases=1, pci_slots=0, stall_reads=1,
-                    work_reads=1, stall_compute_ns=10, work_compute_ns=20)
+    def test_boot_bsp_starts_the_aps_one_at_a_time(self) -> None:
+        m = machine(f"-M q35,hpet=off -smp 3 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})
+        wl = m.workload
+        assert isinstance(wl, Boot)
+        ticks = iter(range(0, 10**6, 4))
+        stalls_before_check_in = 3
+
+        def reply(e: Exit) -> int:
+            nonlocal stalls_before_check_in
+            if e == PIORead(0x608, 4):
+                if wl.checked_in == 1 and stalls_before_check_in:  # AP 1 started, not yet checked in
+                    stalls_before_check_in -= 1
+                    if not stalls_before_check_in:
+                        wl.checked_in += 1  # AP 1 checks in
+                return next(ticks)
+            return 0
+
+        out = drive(m.workload.program(m, 0, random.Random(0)), 500, reply)
+        first, second = out.index(SendIPI(1, 0x30)), out.index(SendIPI(2, 0x30))
+        # KeStartAllProcessors: the BSP stalls on the clock until AP 1 checks in, then starts AP 2
+        assert first < second and PIORead(0x608, 4) in out[first:second]
         ap = m.workload.program(m, 1, random.Random(0))
-        read = PIORead(0x608, 4)
-        assert list(islice(ap, 5)) == [WaitForVector(0x30), read, Compute(10), Compute(20), read]
-        assert list(islice(ap, 6)) == [read, Compute(10)] * 3  # the BSP has not arrived: spin
+        assert next(ap) == WaitForVector(0x30)
+        assert ap.send(None) == Compute(0)  # its start-up work (ap_start_us=0 here), then it checks in
+
+    def test_boot_rendezvous_waits_off_cpu_for_the_last_arrivals_ipi(self) -> None:
+        m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})
+        wl = m.workload
+        assert isinstance(wl, Boot)
+        wl.checked_in = 2
+        ticks = iter(range(0, 10**6, 4))
+        reply = lambda e: next(ticks) if e == PIORead(0x608, 4) else 0  # noqa: E731
+        ap = m.workload.program(m, 1, random.Random(0))
+        out = drive(ap, 100, reply)
+        # first to arrive: it waits (halted, off its host CPU) for the IPI, no spinning
+        assert out[-3:] == [WaitForVector(0xFB), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
         bsp = m.workload.program(m, 0, random.Random(0))
-        while next(bsp) != LAPICTimer(200_000, 0xEC):  # the BSP runs its phase and arrives
-            pass
-        assert list(ap) == [LAPICTimer(200_000, 0xEC), WaitForVector(0xEC)]  # checked after each stall
+        out = drive(bsp, 200, reply)
+        assert WaitForVector(0xFB) not in out and SendIPI(1, 0xFB) in out  # the last to arrive sends the IPI
+        assert out[-2:] == [LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
 
 
 # -- metrics -------------------------------------------------------------------------------------
