@@ -439,7 +439,8 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
     json_file = _out_file(json_path, "--json")
     plots = _out_dir(plot_dir)
     argv = DEFAULT_COMPARE_ARGS.split() + list(args)
-    labels = [f"{wl} {label}" for wl, runs in seed_configs(argv, ablation=not no_ablation).items() for label in runs]
+    configs = seed_configs(argv, ablation=not no_ablation)
+    labels = [f"{wl} {label}" for wl, runs in configs.items() for label in runs]
     total = len(labels)
     t0 = time.monotonic()
     finished: dict[str, Result] = {}
@@ -455,7 +456,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
             finished = {label: finished[label] for label in labels if label in finished}  # in run order
             click.echo(format_finished(finished, total))
             if json_file is not None:
-                by_workload: dict[str, dict[str, Any]] = {"boot": {}, "hpet-bench": {}}
+                by_workload: dict[str, dict[str, Any]] = {wl: {} for wl in configs}
                 for label, r in finished.items():
                     workload, _, series = label.partition(" ")
                     by_workload[workload][series] = r.to_dict()
@@ -467,7 +468,8 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
     if json_file is not None:
         _write_json(json_file, {"schema": "aemu.compare/1",
                                 "boot": {k: r.to_dict() for k, r in c.boot.items()},
-                                "hpet-bench": {k: r.to_dict() for k, r in c.bench.items()}})
+                                "hpet-bench": {k: r.to_dict() for k, r in c.bench.items()},
+                                **{name: {k: r.to_dict() for k, r in runs.items()} for name, runs in c.scenarios.items()}})
         click.echo(f"wrote {json_file}")
     if plots is not None:
         from .report.plots import write_comparison_plots

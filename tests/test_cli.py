@@ -19,7 +19,8 @@ def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]
     assert main(["compare", "--jobs", "1", "-smp", "8", "--param", "phases=1"]) == 0
     out = capsys.readouterr().out
     assert "-smp 8," in out and "kernel-irqchip=split" in out
-    assert "hpet-bench: read latency p50" in out and "ablation" in out and "verdict:" in out
+    assert "hpet-bench: average read (hpet_read_test)" in out and "ablation" in out and "verdict:" in out
+    assert "published (Windows Server 2025" in out and "boot, hpet=on" in out and "boot, -cpu host,hv-time" in out
     row = next(line for line in out.splitlines() if line.startswith("boot: BQL acquisitions"))
     before, after = (int(x.replace(",", "")) for x in row.split()[-2:])
     assert before > 10 * after
@@ -139,6 +140,7 @@ import time  # noqa: E402
 from aemu.cli import _MachineCommand, cli  # noqa: E402
 from aemu.config import MachineConfig  # noqa: E402
 from aemu.patches import ABLATION, PATCHES  # noqa: E402
+from aemu.compare import SCENARIOS  # noqa: E402
 from aemu.workloads import WORKLOADS  # noqa: E402
 
 TRACE = "tests/data/linux-boot-excerpt.trace"
@@ -220,10 +222,11 @@ def test_ctrl_c_stops_compare_at_once_with_what_finished(sig: signal.Signals, tm
     assert "aemu: interrupted" in err and "Traceback" not in err
     line = next(x for x in out.splitlines() if x.startswith("interrupted:"))
     n = int(line.split()[1])
-    assert line == f"interrupted: {n} of {2 * (2 + len(ABLATION))} runs finished"
-    assert len([x for x in out.splitlines() if x.startswith(("  boot ", "  hpet-bench "))]) == n
+    names = ("boot", "hpet-bench", *SCENARIOS)  # the boot's ablation; the published scenarios before/after
+    assert line == f"interrupted: {n} of {2 + len(ABLATION) + 2 + 2 * len(SCENARIOS)} runs finished"
+    assert len([x for x in out.splitlines() if x.startswith(tuple(f"  {w} " for w in names))]) == n
     doc = json.loads(out_json.read_text())
-    assert doc["interrupted"] is True and sum(len(doc[w]) for w in ("boot", "hpet-bench")) == n
+    assert doc["interrupted"] is True and sum(len(doc[w]) for w in names) == n
 
 
 def test_ctrl_c_stops_sweep_at_once() -> None:

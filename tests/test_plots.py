@@ -85,7 +85,7 @@ class TestErrors:
             plot_bql_utilisation(bench, blocker / "util.png")
         assert str(blocker / "util.png") in str(err.value) and "\n" not in str(err.value)
         with pytest.raises(ConfigError, match="a-file"):
-            write_comparison_plots(aemu.compare.Comparison({}, {}), blocker / "plots")
+            write_comparison_plots(aemu.compare.Comparison({}, {}, {}), blocker / "plots")
 
     def test_without_matplotlib_the_error_says_how_to_install_it(self, bench: dict[str, Result],
                                                                  tmp_path: Path,

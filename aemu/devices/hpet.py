@@ -228,7 +228,7 @@ class HPETState(Device):
     """
 
     type_name = "hpet"
-    stat_fields = Device.stat_fields | {"counter_reads", "timer_fires", "irq_raises", "fsb_writes",
+    stat_fields = Device.stat_fields | {"counter_reads", "timer_fires", "irq_raises", "fsb_writes", "lockless_high",
                                         "dropped_irqs"}
 
     def __init__(self, host: DeviceHost, *, num_timers: int = HPET_MIN_TIMERS,
