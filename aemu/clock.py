@@ -725,17 +725,31 @@ class QuantumKeeper:
     local time and grants later requests from it (:class:`aemu.sync.Lock`), so waits stay exact;
     for tasks whose critical sections nobody observes except through the lock itself.
     ``quantum_ns=0`` is exact lockstep.
+
+    Two rules keep a run-ahead schedule the lockstep one:
+
+    * the quantum boundary is inclusive, as in TLM-2's ``need_sync()`` (local time *reaches* the
+      sync point): an offset of ``quantum_ns`` syncs (``horizon_ns`` is the largest offset kept);
+    * before a race (a lock takes it: :meth:`sync_in_order`) a sync lands in its instant where
+      lockstep would: there the last cost charged (``last_ns``) is a sleep set at
+      ``local - last_ns``, and tasks arriving at one instant run in the order their sleeps were
+      set. So it first sleeps to ``local - last_ns``, then the last cost (a tie at a free barging
+      lock goes as in lockstep; a plain :meth:`sync` is one sleep, for the lockless fast path).
     """
 
-    __slots__ = ("quantum_ns", "offset_ns", "locks_held", "syncs", "task", "hold_ahead", "clock", "_done",
-                 "thread")
+    __slots__ = ("quantum_ns", "horizon_ns", "offset_ns", "last_ns", "locks_held", "syncs", "task",
+                 "hold_ahead", "clock", "_done", "thread")
 
     def __init__(self, quantum_ns: int = 0, *, hold_ahead: bool = False) -> None:
         if isinstance(quantum_ns, bool) or not isinstance(quantum_ns, int) or quantum_ns < 0:
             raise ValueError(f"quantum must be an integer number of nanoseconds >= 0, got {quantum_ns!r}")
         self.quantum_ns = quantum_ns
+        #: The largest offset kept without a sync: the boundary is inclusive (TLM-2's ``need_sync``).
+        self.horizon_ns = max(quantum_ns - 1, 0)
         self.hold_ahead = bool(hold_ahead)
         self.offset_ns = 0
+        #: The cost charged last (lockstep's last sleep before this instant); set by whoever charges.
+        self.last_ns = 0
         self.locks_held = 0
         self.syncs = 0
         self.task: Any = None
@@ -769,16 +783,27 @@ class QuantumKeeper:
     def advance(self, ns: int) -> bool:
         """Add ``ns`` of local time; True when the caller must ``await sync()`` now."""
         self.offset_ns += ns
-        return (self.locks_held > 0 and not self.hold_ahead) or self.offset_ns > self.quantum_ns
+        self.last_ns = ns
+        return (self.locks_held > 0 and not self.hold_ahead) or self.offset_ns > self.horizon_ns
 
     def sync(self) -> Awaitable[None]:
         """Sleep the local offset so global time catches up with this task's local time."""
         off = self.offset_ns
-        self.offset_ns = 0
+        self.offset_ns = self.last_ns = 0
         self.syncs += 1
         if self.thread is not None:
             return self.thread.run(off)  # type: ignore[no-any-return]
         return sleep_ns(off)
+
+    def sync_in_order(self) -> Awaitable[None]:
+        """:meth:`sync` before a race (a lock): the last cost is slept on its own, so the task
+        arrives at its local time in the order it would in lockstep (see the class docstring)."""
+        last = self.last_ns
+        off = self.offset_ns
+        if 0 < last < off and self.thread is None:
+            self.offset_ns -= last
+            return _sleep_twice(self.sync(), last)
+        return self.sync()
 
     def delay(self, ns: int) -> Awaitable[None]:
         """``await k.delay(ns)``: spend ``ns`` of work: run ahead if allowed, else sleep (the
@@ -794,6 +819,12 @@ class QuantumKeeper:
     def __repr__(self) -> str:
         return (f"<QuantumKeeper quantum={self.quantum_ns} ns offset={self.offset_ns} ns "
                 f"locks_held={self.locks_held}>")
+
+
+async def _sleep_twice(first: Awaitable[None], then_ns: int) -> None:
+    """A sync as lockstep would sleep it: up to where its last cost began, then that cost."""
+    await first
+    await sleep_ns(then_ns)
 
 
 class _Done:

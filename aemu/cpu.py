@@ -467,7 +467,8 @@ class VCPU:
                     ns = ex.ns
                     acct.guest_ns += ns
                     k.offset_ns += ns
-                    if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
+                    k.last_ns = ns
+                    if k.offset_ns > k.horizon_ns or (k.locks_held and not k.hold_ahead):
                         await k.sync()
                 if tracer is not None:
                     tracer.span(self.name, "guest", tg, now() + k.offset_ns)
@@ -486,6 +487,7 @@ class VCPU:
                     self.current_exit = kind
                     t0 = now() + k.offset_ns
                     k.offset_ns += exit_cost
+                    k.last_ns = exit_cost
                     acc = resolved(addr << 4 | size) or space.access(addr, size)
                     running.keeper = k  # a synchronous stretch: device code finds the keeper directly
                     try:
@@ -493,8 +495,8 @@ class VCPU:
                     finally:
                         running.keeper = None
                     if r is None:
-                        if k.offset_ns > k.quantum_ns or (k.locks_held and not k.hold_ahead):
-                            await k.sync()
+                        if k.offset_ns > k.horizon_ns or (k.locks_held and not k.hold_ahead):
+                            await k.sync_in_order()  # the slow path takes a lock
                         r = await (acc.read() if is_read else acc.write(ex.value))  # type: ignore[union-attr]
                     send = r[0] if is_read else None  # type: ignore[index]
                     # the access's latency: from the exit to the return into the guest
@@ -509,7 +511,7 @@ class VCPU:
                         acct.fold(name)
                     if tracer is not None:
                         tracer.span(self.name, f"{kind} {name}", t0, t0 + dt)
-                    if k.offset_ns > k.quantum_ns:
+                    if k.offset_ns > k.horizon_ns:
                         await k.sync()
                 elif cls is Shutdown:
                     exits["shutdown"] += 1
@@ -651,7 +653,10 @@ class VCPU:
         if cls is SendIPI:
             acct.exits["ipi"] += 1
             t0 = self._local()
-            await self.keeper.delay(costs.ipi_ns)
+            k = self.keeper  # the ICR write is observable: the target sees the IPI at the sender's local time
+            k.advance(costs.ipi_ns)
+            if k.offset_ns:
+                await k.sync()
             b.send_ipi(self, ex.dest, ex.vector)  # type: ignore[union-attr]
             acct.exit_ns += self._local() - t0
             return None

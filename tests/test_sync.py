@@ -985,6 +985,47 @@ class TestGrantsFromRunAheadReleases:
         check_invariants(st)
 
 
+    @pytest.mark.parametrize("ahead", [False, True])
+    def test_barging_release_ahead_wakes_a_sleeper_and_lets_a_later_task_barge(self, ahead: bool) -> None:
+        """glibc: a request before the (future) unlock sleeps and is woken by it, handoff_ns later;
+        a task arriving after the unlock takes the free lock first. Same log as holding in lockstep."""
+        lock = Lock("L", handoff_ns=500, policy="barging")
+        log: list[tuple[str, int]] = []
+
+        async def holder() -> None:
+            k = clock.QuantumKeeper(10_000, hold_ahead=True) if ahead else None
+            if k is not None:
+                k.attach()
+            await lock.acquire("a")
+            if k is not None:
+                k.advance(1_000)  # holds until local 1000 without yielding: released at global 0
+            else:
+                await sleep_ns(1_000)
+            lock.release()
+            if k is not None:
+                await k.sync()
+                k.detach()
+
+        async def user(name: str, arrive: int) -> None:
+            await sleep_ns(arrive)
+            await lock.acquire(name)
+            log.append((name, now_ns()))
+            await sleep_ns(1_000)
+            lock.release()
+
+        async def main() -> LockStatistics:
+            await asyncio.gather(spawn("a", holder()), spawn("b", user("b", 400)), spawn("c", user("c", 1_200)))
+            return lock.statistics()
+
+        st = clock.run(main())
+        # b sleeps at 400, is woken by the unlock at 1000 and runs at 1500; c took the free lock
+        # at 1200 (a barge), so b sleeps again and is woken by c's unlock at 2200: runs at 2700
+        assert log == [("c", 1_200), ("b", 2_700)]
+        assert (st.contentions, st.barges, st.requeues, st.handoffs) == (1, 1, 1, 0)
+        assert (st.wait_ns.total, st.hold_ns.total) == (2_300, 3_000)
+        check_invariants(st)
+
+
 class TestContendedPath:
     """Every contended acquisition -- queued, granted from a run-ahead release after a sleep, or
     run ahead to that grant -- ends in Lock._granted, once: the one place to instrument."""

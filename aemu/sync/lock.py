@@ -96,7 +96,7 @@ class Lock:
         "name", "handoff_ns", "policy", "bql", "_policy",
         "_owner", "_owner_site", "_owner_since", "_hold_start",
         "_queue", "_pending", "_held_cache", "_stat",
-        "_last_ns", "_loop", "_time", "_resolve_at", "_free_at", "_last_site", "_done", "_new_future",
+        "_last_ns", "_loop", "_time", "_resolve_at", "_free_at", "_free_woke", "_last_site", "_done", "_new_future",
         "tracer", "utilisation", "__weakref__",
     )
 
@@ -132,6 +132,9 @@ class Lock:
         # runs ahead of global time (QuantumKeeper(hold_ahead=True)) releases "in the future":
         # until global time gets there the lock is still held, and a request is granted from it.
         self._free_at = 0
+        # Whether that release woke a waiter (barging: a release ahead of global time wakes the
+        # first request that comes before it, if nobody waited when it was made).
+        self._free_woke = True
         self._last_site = "unknown"
         #: An aemu.trace.Tracer to receive wait/hold spans, or None (the default: no cost).
         self.tracer: Any = None
@@ -217,6 +220,7 @@ class Lock:
         if self.bql:
             _bql_release(task)
         self._owner = None
+        self._free_woke = bool(self._queue)
         if self._queue:
             self._wake_next(now)
 
@@ -306,16 +310,16 @@ class Lock:
         assert task is not None  # try_acquire bound the loop
         k = _keepers.get(task) if _keepers else None
         if k is not None and k.offset_ns:  # running ahead of global time: sync first (a lock is a sync point)
-            await k.sync()
+            await k.sync_in_order()
             if self.try_acquire(site):
                 return
         now = self._time._now_ns
         free_at = self._free_at
-        if self._owner is None and free_at > now:
+        if self._owner is None and free_at > now and self._policy.hands_over:
             # Released ahead of global time by a holder running ahead: this request comes before
             # that release in virtual time, so it is handed the lock from it without queueing.
             grant = free_at + self.handoff_ns
-            if k is not None and k.hold_ahead and grant - now <= k.quantum_ns:
+            if k is not None and k.hold_ahead and grant - now <= k.horizon_ns:
                 # Its keeper runs ahead to the grant: no waiter, no await.
                 acc, tacc = self._stat.waiting(site, task.get_name())
                 self._hand_over(task, site, free_at)
@@ -327,7 +331,7 @@ class Lock:
             try:
                 if k is not None and k.hold_ahead:
                     k.offset_ns += grant - now
-                    if k.offset_ns > k.quantum_ns:
+                    if k.offset_ns > k.horizon_ns:
                         await k.sync()
                 else:
                     await sleep_ns(grant - now)
@@ -335,14 +339,19 @@ class Lock:
                 self._abandon(w)
                 raise
         else:
-            w = self._park(task, site, now, self._owner_site or "unknown")
+            w = self._park(task, site, now, self._owner_site or self._last_site)
+            new_future = self._new_future
+            fut = w.fut = new_future()
             w.queued = True
             self._queue.append(w)
-            new_future = self._new_future
+            if self._owner is None and free_at > now and not self._free_woke:
+                # barging, released ahead of global time: this request comes before that unlock
+                # and sleeps; it is the sleeper the unlock wakes (futex_wake at free_at)
+                self._free_woke = True
+                self._wake_next(free_at)
             thread = k.thread if k is not None else None
             try:
                 while True:
-                    fut = w.fut = new_future()
                     if thread is not None:  # futex_wait: the thread sleeps, its CPU goes to another
                         thread.block()
                     await fut
@@ -357,6 +366,7 @@ class Lock:
                     if self._owner is task:  # fifo: it was handed to us
                         break
                     self._stat.requeues += 1  # barging: somebody took it meanwhile; back to the tail
+                    fut = w.fut = new_future()
                     w.queued = True
                     self._queue.append(w)
             except BaseException:
@@ -444,6 +454,7 @@ class Lock:
                                f"not from a plain callback")
         if loop is not self._loop:
             self._free_at = 0  # a new loop (a new run): its clock starts over
+            self._free_woke = True
         self._loop = loop
         self._new_future = functools.partial(asyncio.Future, loop=loop)
         if isinstance(loop, VirtualTimeLoop):

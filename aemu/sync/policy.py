@@ -26,6 +26,9 @@ class HandoffPolicy(abc.ABC):
 
     #: How ``Lock(policy=...)``, ``--lock-policy`` and the reports call it.
     name: ClassVar[str]
+    #: Whether a release gives the lock to a waiter (else it stays free and the waiter competes).
+    #: It also decides a request that comes before a release made ahead of global time.
+    hands_over: ClassVar[bool]
 
     @abc.abstractmethod
     def release(self, lock: Lock, w: _Waiter, now: int) -> None:
@@ -43,6 +46,7 @@ class Fifo(HandoffPolicy):
 
     __slots__ = ()
     name = "fifo"
+    hands_over = True
 
     def release(self, lock: Lock, w: _Waiter, now: int) -> None:
         lock._hand_over(w.task, w.site, now)
@@ -65,12 +69,17 @@ class Barging(HandoffPolicy):
       a new contention. Every release that finds tasks queued wakes one, so several wakees can
       be on their way at once.
 
+    A release made ahead of global time (a holder running ahead, ``QuantumKeeper(hold_ahead=True)``)
+    is an unlock at that future instant: a request before it finds the lock taken and sleeps;
+    the first one to do so is the sleeper that unlock wakes (if nobody slept when it was made).
+
     Not modelled: the spurious ``futex_wake`` an unlock makes after a contended acquisition when
     nobody waits any more, and the syscall's cost to the unlocker.
     """
 
     __slots__ = ()
     name = "barging"
+    hands_over = False
 
     def release(self, lock: Lock, w: _Waiter, now: int) -> None:
         pass  # the lock stays free: ``w`` takes it when it runs, unless somebody barges first
