@@ -178,7 +178,7 @@ class TestSnapshots:
         """32 vCPUs queue on the BQL at nearly every HPET read: a wait in flight is a waiting task,
         its contention is counted with its acquisition (counted when it began, nearly every
         snapshot here had more contentions than acquisitions). The partial report of a stopped run too."""
-        config = f"-smp 32 --workload hpet-bench --series before --param reads=200 --lock-policy {policy}"
+        config = f"-smp 32 --workload hpet-bench --series before --param reads=600 --lock-policy {policy}"
         snaps: list[Snapshot] = []
 
         async def main() -> Result:

@@ -11,7 +11,8 @@ from aemu.cli import main
 from aemu.errors import ConfigError
 from aemu.sensitivity import Sensitivity, Variant, Verdict, format_sensitivity, run_sensitivity, sensitivity_configs
 
-ARGS = "-M q35,hpet=off -smp 8 -accel kvm,kernel-irqchip=split --param phases=1 --param reads=50"
+# fifo: the hand-off is then the convoy's price, which the verdict must depend on
+ARGS = "-M q35,hpet=off -smp 8 -accel kvm,kernel-irqchip=split --param phases=1 --param reads=50 --lock-policy fifo"
 PARAMS = ["costs.bql_handoff_ns", "costs.default_handler_ns"]
 
 
