@@ -71,7 +71,8 @@ def outputs() -> dict[str, object]:
 
 class TestGenerated:
     def test_readme_has_the_compare_blocks(self) -> None:
-        assert gen_docs.commands(README) == ["aemu compare --plot docs", "aemu compare -smp 1 --no-ablation"]
+        assert gen_docs.commands(README) == ["aemu compare --plot docs", "aemu compare -smp 1 --no-ablation",
+                                             "aemu run --workload help"]
 
     def test_readme_and_docs_match_what_the_commands_print(self, outputs: dict[str, object]) -> None:
         """Fails when a figure moved: rerun ``python tools/gen_docs.py`` and commit README and docs/."""
@@ -83,9 +84,12 @@ class TestGenerated:
         out = outputs["aemu compare --plot docs"]
         assert sorted(out.files) == ["docs/bql-utilisation-boot.png", "docs/hpet-latency-cdf.png"]  # type: ignore[attr-defined]
         words = gen_docs.png_words((ROOT / "docs" / "hpet-latency-cdf.png").read_bytes())
-        legend = [line for line in words["Description"].splitlines() if line.startswith("legend: before:")]
-        p50 = re.search(r"read latency p50 +([\d,.]+ µs)", README)
-        assert p50 and legend == [f"legend: before: p50 {p50[1]}, " + legend[0].split(", ", 1)[1]]
+        legend = [line for line in words["Description"].splitlines() if line.startswith("legend: ")]
+        assert [line.split(":")[1].strip() for line in legend] == ["before", "after"]
+        assert all(re.fullmatch(r"legend: \w+: p50 [\d,.]+ µs, p99 [\d,.]+ µs", line) for line in legend)
+        reads = re.search(r"--param reads=(\d+)", gen_docs.commands(README)[0] + " " + README)
+        assert words["Title"].startswith("hpet access latency CDF\nhpet-bench reads=")
+        assert reads is None or f"reads={reads[1]}" in words["Title"]
 
     def test_a_changed_figure_in_the_table_is_caught(self, outputs: dict[str, object]) -> None:
         row = re.search(r"^boot: BQL acquisitions +([\d,]+)", README, re.MULTILINE)
