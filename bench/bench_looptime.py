@@ -91,6 +91,23 @@ async def test_ticker_under_wait_for(i):
     assert len(ticks) >= 150
 '''
 
+def _anyio_case(backend: str) -> tuple[str, str]:
+    """A test sleeping 3 s under anyio's plugin on ``backend`` (asyncio or trio)."""
+    return (f'''
+import anyio, pytest
+
+@pytest.fixture
+def anyio_backend():
+    return "{backend}"
+
+@pytest.mark.anyio
+@pytest.mark.aemu
+@pytest.mark.looptime
+async def test_{backend}():
+    await anyio.sleep(3)
+''', "anyio")
+
+
 PROBES = {
     "deadlock": ('''
 import asyncio
@@ -120,32 +137,8 @@ async def slow_fixture():
 async def test_fixture(slow_fixture):
     print("PROBE loop.time() after a fixture's 3 s sleep:", round(asyncio.get_running_loop().time(), 4))
 ''', ""),
-    "anyio-asyncio": ('''
-import anyio, pytest
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-@pytest.mark.anyio
-@pytest.mark.aemu
-@pytest.mark.looptime
-async def test_anyio():
-    await anyio.sleep(3)
-''', "anyio"),
-    "anyio-trio": ('''
-import anyio, pytest
-
-@pytest.fixture
-def anyio_backend():
-    return "trio"
-
-@pytest.mark.anyio
-@pytest.mark.aemu
-@pytest.mark.looptime
-async def test_trio():
-    await anyio.sleep(3)
-''', "anyio"),
+    "anyio-asyncio": _anyio_case("asyncio"),
+    "anyio-trio": _anyio_case("trio"),
 }
 
 BASE = ["-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:randomly"]
