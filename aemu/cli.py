@@ -179,6 +179,8 @@ def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
          f"vCPUs and topology, completed as QEMU does: -smp N is 1 socket of N cores [{d.smp.cpus}"
          + (f",sockets={d.smp.sockets}" if d.smp.sockets > 1 else "") + "]"),
         ("-accel", "kvm[,kernel-irqchip=on|split|off]", f"[kvm,kernel-irqchip={d.kernel_irqchip}]; -accel help"),
+        ("-cpu", "host|max[,hv-time]", "the CPU; hv-time: the Hyper-V reference TSC page (a clock read without an exit) "
+         f"[host{',hv-time' if d.hv_time else ''}]"),
         ("--workload", "NAME", f"what the vCPUs run [{d.workload}]; --workload help"),
         ("--param", "KEY=VALUE", "a parameter of the workload (repeat for more); --workload help"),
         ("--series", "before|after", "none or all of the BQL-free series' switches [after]"),
