@@ -148,14 +148,16 @@ class Utilisation:
     def series(self, until_ns: int | None = None) -> list[tuple[int, float]]:
         """(bucket start ns, fraction of the bucket the lock was held), for every bucket.
 
-        With ``until_ns`` (relative to the origin) the series reaches the bucket holding
-        ``until_ns - 1``, merging buckets first if that many would exceed ``max_bins``.
+        With ``until_ns`` (relative to the origin) the series covers exactly the buckets up to the
+        one holding ``until_ns - 1`` (merging buckets first if that many would exceed
+        ``max_bins``): a release booked after the run's end (a real-time run's vCPUs are cancelled
+        after its end time is taken) is outside the run.
         """
         if until_ns is None:
             count = len(self.busy)
         else:
             self._fit(until_ns)
-            count = max(len(self.busy), 1, (until_ns - 1) // self.bin_ns + 1)
+            count = max(1, (until_ns - 1) // self.bin_ns + 1)
         b = self.bin_ns
         busy = self.busy
         n = len(busy)

@@ -256,6 +256,14 @@ class TestUtilisation:
         assert aemu.trace.Utilisation(100).series(until_ns=1) == [(0, 0.0)]
         assert aemu.trace.Utilisation(100).series() == []
 
+    def test_a_series_to_an_end_leaves_out_what_was_booked_after_it(self) -> None:
+        """Regression (a real-time run, 1 in 3): the vCPUs are cancelled after the run's end time is
+        taken, and a BQL release then booked a bucket past the end into the result's series."""
+        u = aemu.trace.Utilisation(100)
+        u.add(50, 100)
+        u.add(250, 260)  # after the run's end at 200
+        assert u.series(until_ns=200) == [(0, 0.5), (100, 0.0)]
+
     def test_bad_sizes(self) -> None:
         with pytest.raises(ValueError, match="bin_ns must be positive"):
             aemu.trace.Utilisation(0)
