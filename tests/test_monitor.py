@@ -477,13 +477,14 @@ class TestHostile:
 
                 await in_thread(hit_and_run)
                 c = await connect(server)
-                # the last client's "stop" is served when the server reads it: wait for that
-                for _ in range(200):
-                    status = (await c.execute("query-status"))["status"]
-                    if status == "paused":
+                # whether a client's last commands were read before it hung up is a race of real
+                # sockets; what must hold is that the server goes on serving, in either state
+                for _ in range(200):  # the hit-and-run clients are gone once the server has read them
+                    if len(server.clients) == 1:
                         break
                     await asyncio.sleep(0.025)
-                assert status == "paused"
+                await c.execute("stop")
+                assert (await c.execute("query-status"))["status"] == "paused"
                 await c.execute("cont")
                 assert (await c.execute("query-status"))["running"] is True
                 await close(c)
