@@ -80,7 +80,7 @@ class HostThread:
                 await sleep_ns(left)
             if host.queue:  # the slice is used up and somebody waits: preempted
                 self.preemptions += 1
-                host.put_back(self)
+                host.release(self)
             else:
                 self.ran_ns = 0  # nobody waits: a new slice on the same CPU
 
@@ -152,13 +152,9 @@ class HostCPUs:
         self.dispatches += 1
         return waited
 
-    def put_back(self, t: HostThread) -> None:
-        """``t`` is preempted: its CPU goes to the head of the queue, ``t`` waits at the tail."""
-        t.on_cpu = False
-        self._hand_on()
-
     def release(self, t: HostThread) -> None:
-        """``t`` blocks: its CPU goes to the next queued thread, or becomes free."""
+        """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes free
+        (a preempted ``t`` then queues at the tail when it next needs a CPU)."""
         t.on_cpu = False
         self._hand_on()
 

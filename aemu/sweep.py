@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Batch, Failure
-from .config import LOCK_POLICIES, MAX_CPUS, SERIES, SMP, MachineConfig, parse_duration
+from .config import LOCK_POLICIES, MAX_CPUS, SERIES, SMP, MachineConfig, _number, parse_duration
 from .costs import HANDLER_REGIONS, CostModel
 from .errors import ConfigError
 from .patches import PATCHES
@@ -174,16 +174,7 @@ def parameter(name: str) -> Parameter:
         return Parameter(name, f"{cost} (ns)", _ns(name), lambda c, v: c.replace(costs=c.costs.replace(**{cost: v})))
     if name.startswith("param.") and len(name) > len("param."):
         key = name.removeprefix("param.")
-
-        def number(text: str) -> Any:
-            for conv in (int, float):
-                try:
-                    return conv(text)
-                except ValueError:
-                    pass
-            return text
-
-        return Parameter(name, f"workload parameter {key}", number,
+        return Parameter(name, f"workload parameter {key}", _number,
                          lambda c, v: c.replace(workload_params=tuple(sorted({**dict(c.workload_params), key: v}.items()))))
     raise ConfigError(f"unknown parameter {name!r}; accepted: {', '.join(PARAMETERS)}, costs.NAME, "
                       "costs.handler_ns.REGION, param.KEY")
