@@ -13,7 +13,8 @@ The public API, re-exported here:
   (``MachineConfig.parse("-M q35,hpet=off -smp 240,sockets=4 ...")``), :func:`simulate` returning a
   :class:`Result` (``result.to_dict()`` is the ``aemu.result/1`` document), :class:`Machine`,
   :class:`CostModel`, guest exits (:class:`PIORead`, :class:`MMIORead`, :class:`Compute`,
-  :class:`Halt`, ...) and :class:`Workload` for guest programs of your own;
+  :class:`Halt`, ...), spin barriers in guest memory (:class:`GuestBarrier`, :class:`Arrive`,
+  :class:`SpinUntil`) and :class:`Workload` for guest programs of your own;
 * the checker (:mod:`aemu.check`): :func:`check` runs a machine in checker mode and returns a
   :class:`CheckReport` whose ``findings`` name races, IRQ updates without the BQL and lock-order
   inversions (``aemu check``);
@@ -54,7 +55,8 @@ from .clock import (
 )
 from .config import SMP, MachineConfig
 from .costs import CostModel
-from .cpu import VCPU, Compute, GuestError, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI
+from .cpu import (VCPU, Arrive, Compute, GuestBarrier, GuestError, Halt, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite,
+                  SendIPI, SpinUntil)
 from .errors import (
     AddressOutOfRangeError,
     AemuError,
@@ -109,7 +111,8 @@ __all__ = [
     "ContentionPoint", "Lock", "LockStatistics", "SeqLock", "SeqLockStatistics", "SiteStats",
     "TaskLockStats", "TimeStats", "bql_locked",
     "SMP", "MachineConfig", "CostModel", "VCPU", "Compute", "GuestError", "Halt", "LAPICTimer",
-    "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "Machine", "simulate", "simulate_machine",
+    "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "GuestBarrier", "Arrive", "SpinUntil",
+    "Machine", "simulate", "simulate_machine",
     "Result", "Workload", "Metric", "register_workload",
     "Snapshot", "live", "run_realtime", "simulate_async",
     "CheckReport", "Finding", "check",

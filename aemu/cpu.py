@@ -65,7 +65,8 @@ if TYPE_CHECKING:
     from .trace import Tracer
 
 __all__ = [
-    "BadExit", "Board", "Compute", "Exit", "GuestError", "GuestProgram", "Halt", "LAPICTimer", "MMIORead", "MMIOWrite",
+    "Arrive", "BadExit", "Board", "Compute", "Exit", "GuestBarrier", "GuestError", "GuestProgram", "Halt", "LAPICTimer",
+    "MMIORead", "MMIOWrite", "SpinUntil",
     "PIORead", "PIOWrite", "SendIPI", "Shutdown", "VCPU", "VCPUAccount", "WaitForVector",
 ]
 
@@ -151,6 +152,59 @@ class Compute:
         _check(self, "ns", self.ns, 0)
 
 
+class GuestBarrier:
+    """A counter in guest memory that vCPUs :class:`Arrive` at and :class:`SpinUntil` it is full.
+
+    It is what an OS's spin barriers are (an IPI generic call's, ``while (cpus_active() > 1)
+    pause();``): the arrivals are plain stores, the wait a PAUSE loop, neither an exit to QEMU.
+    """
+
+    __slots__ = ("parties", "arrived", "_full")
+
+    def __init__(self, parties: int) -> None:
+        if isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
+            raise ValueError(f"a barrier needs a positive number of parties, got {parties!r}")
+        self.parties = parties
+        self.arrived = 0
+        self._full: asyncio.Future[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.arrived >= self.parties
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.full and self._full is not None and not self._full.done():
+            self._full.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future done when the barrier is full."""
+        if self._full is None:
+            self._full = asyncio.get_running_loop().create_future()
+            if self.full:
+                self._full.set_result(None)
+        return self._full
+
+
+@dataclass(frozen=True, slots=True)
+class Arrive:
+    """Arrive at ``barrier`` (a store to guest memory, seen by the others at this vCPU's time)."""
+
+    barrier: GuestBarrier
+
+
+@dataclass(frozen=True, slots=True)
+class SpinUntil:
+    """Spin with PAUSE until ``barrier`` is full: guest time on the vCPU's host CPU.
+
+    The loop's pause-loop exits are KVM's (``kvm_vcpu_on_spin``, virt/kvm/kvm_main.c): each
+    offers the host CPU to another vCPU of the VM that is ready (:meth:`aemu.sched.HostThread.spin`);
+    none goes to QEMU, none takes a lock.
+    """
+
+    barrier: GuestBarrier
+
+
 @dataclass(frozen=True, slots=True)
 class Halt:
     """HLT: sleep until an interrupt; receives the vector that woke the vCPU."""
@@ -200,9 +254,15 @@ class Shutdown:
     """KVM_EXIT_SHUTDOWN (e.g. a triple fault or an ACPI power-off): this vCPU stops."""
 
 
-Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Halt, WaitForVector, SendIPI, LAPICTimer, Shutdown]
+Exit = Union[PIORead, PIOWrite, MMIORead, MMIOWrite, Compute, Arrive, SpinUntil, Halt, WaitForVector, SendIPI, LAPICTimer,
+             Shutdown]
 GuestProgram = Generator[Exit, Any, None]
 _END: Any = object()  # the guest program returned
+
+
+#: What the loop handles without a return from KVM_RUN of its own: a wait for an interrupt (if it
+#: halts, its wake-up re-enters in ``handle()``) and the spin barriers (guest memory, no exit).
+_NO_RETURN = frozenset({WaitForVector, Arrive, SpinUntil})
 
 
 class GuestError(AemuError, RuntimeError):
@@ -439,14 +499,19 @@ class VCPU:
         }
         samples_of = acct.samples
         fold_at = _FOLD_AT
+        #: the last exit returned to QEMU (KVM_RUN returned), so the next entry runs kvm_arch_pre_run;
+        #: exits KVM handles itself (IPI, LAPIC timer, PLE; HLT with the LAPIC in the kernel) do not
+        in_qemu = True
+        userspace_halt = self._userspace_apic  # kernel-irqchip=off: the LAPIC's exits go to QEMU
         try:
             while True:
                 if b.paused:  # the monitor's ``stop``: park at the next entry (aemu.monitor)
                     await b.wait_resumed(self)
-                if self._entry_always or self.interrupt_request or self.kvm_pending:
-                    entry = self.kvm_arch_pre_run()  # the entry has work, or decides it has none
+                if (self._entry_always and in_qemu) or self.interrupt_request or self.kvm_pending:
+                    entry = self.kvm_arch_pre_run(in_qemu)  # the entry has work, or decides it has none
                     if entry is not None:
                         await entry
+                in_qemu = False
                 tracer = b.tracer
                 if tracer is not None:
                     tg = now() + k.offset_ns
@@ -481,6 +546,7 @@ class VCPU:
                     # KVM_EXIT_IO / KVM_EXIT_MMIO: the access needs no lock, or it waits
                     # (address_space_rw decides, in prepare_mmio_access)
                     kind, space, resolved, exit_cost, is_read = io
+                    in_qemu = True
                     addr = ex.addr if space is memory else ex.port  # type: ignore[union-attr]
                     size = ex.size  # type: ignore[union-attr]
                     exits[kind] += 1
@@ -495,9 +561,14 @@ class VCPU:
                     finally:
                         running.keeper = None
                     if r is None:
+                        thread = k.thread
+                        if thread is not None:  # out of KVM_RUN: QEMU handles the exit
+                            thread.in_guest = False
                         if k.offset_ns > k.horizon_ns or (k.locks_held and not k.hold_ahead):
                             await k.sync_in_order()  # the slow path takes a lock
                         r = await (acc.read() if is_read else acc.write(ex.value))  # type: ignore[union-attr]
+                        if thread is not None:
+                            thread.in_guest = True
                     send = r[0] if is_read else None  # type: ignore[index]
                     # the access's latency: from the exit to the return into the guest
                     dt = now() + k.offset_ns - t0
@@ -521,7 +592,11 @@ class VCPU:
                     break
                 else:
                     send = await self.handle(ex)
-                if self._userspace_apic and cls is not Halt and cls is not WaitForVector:
+                    # with the LAPIC in QEMU the LAPIC's exits return to it; a wait for an
+                    # interrupt re-enters through pre_run itself when it halted; a barrier is
+                    # guest memory, no exit
+                    in_qemu = userspace_halt and cls not in _NO_RETURN
+                if self._userspace_apic and cls is not Halt and cls not in _NO_RETURN:
                     await self.kvm_arch_post_run()  # HLT exits run it in halt()
         finally:
             if k.offset_ns and not k.locks_held:
@@ -540,14 +615,18 @@ class VCPU:
         """This vCPU's view of virtual time (global time plus its run-ahead offset)."""
         return self._now() + self.keeper.offset_ns
 
-    def kvm_arch_pre_run(self) -> Awaitable[None] | None:
+    def kvm_arch_pre_run(self, in_qemu: bool = True) -> Awaitable[None] | None:
         """The entry: ``kvm_arch_pre_run`` (target/i386/kvm/kvm.c) and the interrupts KVM injects.
 
-        With the PIC in userspace (kernel-irqchip=split|off) QEMU took the BQL on every entry;
-        with ``irqchip-pre-run`` (6/6) only when ``interrupt_request`` has work, read without the
-        BQL. Returns None when the entry has nothing to do (no await), else the work to await.
+        QEMU runs ``kvm_arch_pre_run`` before each ``KVM_RUN`` ioctl: when the last exit returned
+        to QEMU (``in_qemu``), or an ``interrupt_request`` kicked the vCPU out of ``KVM_RUN``; an
+        interrupt the in-kernel LAPIC injects needs neither. With the PIC in userspace
+        (kernel-irqchip=split|off) QEMU took the BQL there every time; with ``irqchip-pre-run``
+        (6/6) only when ``interrupt_request`` has work, read without the BQL. Returns None when
+        the entry has nothing to do (no await), else the work to await.
         """
-        pre = self._irqchip_in_qemu and bool(self.interrupt_request or "irqchip-pre-run" not in self._patches)
+        ir = self.interrupt_request
+        pre = self._irqchip_in_qemu and bool(ir or (in_qemu and "irqchip-pre-run" not in self._patches))
         if pre or (self.kvm_pending and self.if_flag):
             return self._entry(pre)
         return None
@@ -626,6 +705,30 @@ class VCPU:
             await self.keeper.delay(costs.irq_inject_ns + costs.kernel_exit_ns)
             await b.eoi(self, vector)
 
+    async def spin_until(self, barrier: GuestBarrier) -> None:
+        """A PAUSE loop until ``barrier`` is full: guest time, on the host CPU if one is modelled
+        (offered to ready vCPUs at its pause-loop exits: ``exits["ple"]`` counts those that
+        handed it over)."""
+        k = self.keeper
+        if k.offset_ns:
+            await k.sync()
+        if barrier.full:
+            return
+        acct = self.account
+        t0 = clock.now_ns()
+        waited = acct.runnable_ns
+        thread = k.thread
+        self.current_exit = "spin"
+        if thread is None:
+            await barrier.wait()
+        else:
+            acct.exits["ple"] += await thread.spin(barrier.wait())
+        end = clock.now_ns()
+        acct.guest_ns += end - t0 - (acct.runnable_ns - waited)
+        tracer = self.board.tracer
+        if tracer is not None:
+            tracer.span(self.name, "guest", t0, end)
+
     async def handle(self, ex: Exit) -> Any:
         """Handle an exit that is not a port or memory access; returns what the guest receives."""
         b = self.board
@@ -650,6 +753,15 @@ class VCPU:
                     acct.exit_ns += self._local() - t0
             self.taken[v] -= 1
             return v
+        if cls is Arrive:
+            k = self.keeper
+            if k.offset_ns:  # the store is seen at this vCPU's local time
+                await k.sync_in_order()
+            ex.barrier.arrive()  # type: ignore[union-attr]
+            return None
+        if cls is SpinUntil:
+            await self.spin_until(ex.barrier)  # type: ignore[union-attr]
+            return None
         if cls is SendIPI:
             acct.exits["ipi"] += 1
             t0 = self._local()
@@ -687,7 +799,7 @@ class VCPU:
         try:
             while not self.kvm_pending and not (self.interrupt_request & CPU_INTERRUPT_HARD):
                 if thread is not None:  # the vCPU thread sleeps: its host CPU goes to another
-                    thread.block()
+                    thread.block(ready=True)
                 self.halted = True
                 self._wake = loop.create_future()
                 try:

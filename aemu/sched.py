@@ -10,15 +10,25 @@ handler work under a lock: what ``QuantumKeeper.sync`` sleeps) runs on a CPU:
   is preempted and goes to the tail of the queue -- holding whatever locks it holds (lock-holder
   preemption).
 * A thread that blocks -- waits for a futex (a contended lock) or halts -- gives its CPU up; when
-  it is woken it queues for a CPU again before it runs.
+  it is woken it queues for a CPU again before it runs, ahead of the preempted threads: Linux
+  places a waking thread with the sleeper's credit (CFS ``place_entity``; EEVDF keeps its lag),
+  so it is picked at the next reschedule, while a preempted one has used its slice.
+* KVM's directed yield: a vCPU spinning in a PAUSE loop takes pause-loop exits, and
+  ``kvm_vcpu_on_spin`` (virt/kvm/kvm_main.c) gives its CPU to another vCPU of the VM that is
+  *ready* -- ``vcpu->ready`` is set by ``kvm_sched_out`` when the thread is preempted inside
+  ``KVM_RUN`` and by ``kvm_vcpu_wake_up`` when it is woken from HLT. A vCPU thread that sleeps
+  on a QEMU futex, or is preempted while QEMU handles its exit (holding the BQL, say), is
+  outside ``KVM_RUN`` (its preempt notifier is unregistered by ``vcpu_put``) and is never a
+  target: spinners keep their CPUs while it waits. A spinner is not a target either (KVM's
+  ``dy_eligible`` skips vCPUs in a spin loop).
 
 The slice is EEVDF's (Linux >= 6.6, kernel/sched/fair.c): ``sysctl_sched_base_slice`` 0.75 ms
 scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_update_scaling``),
 3 ms on 8 or more CPUs; under CFS, ``sched_min_granularity`` scales the same way to the same
 3 ms, which is the slice whenever more than ``sched_latency/min_granularity`` = 8 threads share
-a CPU. The run queue is one FIFO for all CPUs. Assumptions: load balancing is perfect (a thread
-runs on whichever CPU frees first), all threads have the default weight (nice 0), and a woken
-thread queues at the tail (no wake-up preemption; EEVDF's lag-based placement is not modelled).
+a CPU. The run queue is FIFO, woken threads first, for all CPUs. Assumptions: load balancing is
+perfect (a thread runs on whichever CPU frees first), all threads have the default weight (nice
+0), and a woken thread waits for the next reschedule (no wake-up preemption of a running one).
 With at least as many CPUs as threads nobody ever queues and the model costs nothing: the
 machine then attaches no :class:`HostThread` at all.
 """
@@ -29,7 +39,7 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from .clock import now_ns, sleep_ns
+from .clock import call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
 
 __all__ = ["HostCPUs", "HostThread", "eevdf_slice_ns"]
@@ -52,7 +62,8 @@ class Books(Protocol):
 class HostThread:
     """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
 
-    __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions")
+    __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "_poke", "preemptions", "ready", "spinning",
+                 "in_guest", "blocked")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -61,7 +72,15 @@ class HostThread:
         self.ran_ns = 0  # CPU time used in the current slice
         self.books = books
         self.preemptions = 0
-        self._wakeup: asyncio.Future[None] | None = None
+        #: KVM's ``vcpu->ready``: queued after being preempted or woken from HLT (a directed-yield target)
+        self.ready = False
+        self.spinning = False  # in a pause loop: not a directed-yield target
+        #: inside KVM_RUN (KVM's preempt notifiers are registered): only then does a preemption
+        #: make the vCPU ready; one preempted in QEMU (handling an exit, holding the BQL) is not
+        self.in_guest = True
+        self.blocked = False  # asleep (futex, HLT): when woken it queues ahead of preempted threads
+        self._wakeup: asyncio.Future[None] | None = None  # set when a queued thread gets a CPU
+        self._poke: asyncio.Future[None] | None = None  # set when a spinner should look for a target
 
     async def run(self, ns: int) -> None:
         """Spend ``ns`` of CPU time: queue for a CPU if it has none, be preempted at slice ends."""
@@ -78,9 +97,10 @@ class HostThread:
                 self.ran_ns += left
                 ns -= left
                 await sleep_ns(left)
-            if host.queue:  # the slice is used up and somebody waits: preempted
+            if host.queue or host.woken:  # the slice is used up and somebody waits: preempted
                 self.preemptions += 1
                 host.release(self)
+                self.ready = self.in_guest
             else:
                 self.ran_ns = 0  # nobody waits: a new slice on the same CPU
 
@@ -91,19 +111,75 @@ class HostThread:
         if self.books is not None:
             self.books.runnable_in_lock_ns += waited
 
-    def block(self) -> None:
-        """The thread sleeps (futex wait, HLT): its CPU goes to the next queued thread."""
+    def block(self, ready: bool = False) -> None:
+        """The thread sleeps (futex wait, or HLT with ``ready``: KVM marks a vCPU woken from HLT
+        ready): its CPU goes to the next queued thread."""
+        self.ready = ready
+        self.blocked = True
         if self.on_cpu:
             self.host.release(self)
+
+    async def spin(self, done: asyncio.Future[None]) -> int:
+        """Spin on a CPU until ``done``: preempted at slice ends like any thread; at a pause-loop
+        exit (taken as soon as a ready vCPU queues: the PLE window is ~1.5 us) the CPU goes to
+        that vCPU and this one queues again. Returns how many times it handed its CPU over."""
+        host = self.host
+        loop = asyncio.get_running_loop()
+        yields = 0
+        self.spinning = True
+        try:
+            while not done.done():
+                if not self.on_cpu:
+                    await host.dispatch(self)
+                    continue
+                target = host.yield_target()
+                if target is not None:  # kvm_vcpu_on_spin: yield_to the ready vCPU
+                    yields += 1
+                    host.yields += 1
+                    self.on_cpu = False
+                    host.grant(target)
+                    continue
+                left = host.slice_ns - self.ran_ns
+                if left <= 0:
+                    if host.queue or host.woken:  # the slice is used up and somebody waits
+                        self.preemptions += 1
+                        host.release(self)
+                        self.ready = True  # preempted inside KVM_RUN, but a spinner: no target
+                    else:
+                        self.ran_ns = 0
+                    continue
+                # spin until done, the slice's end, or a ready vCPU queuing (HostCPUs.dispatch)
+                poke = self._poke = loop.create_future()
+                t0 = now_ns()
+                slice_end = call_at_ns(t0 + left, _settle, poke)
+                wake = lambda _: _settle(poke)  # noqa: E731
+                done.add_done_callback(wake)
+                host.spinners.append(self)
+                try:
+                    await poke
+                finally:
+                    host.spinners.remove(self)
+                    done.remove_done_callback(wake)
+                    slice_end.cancel()
+                    self._poke = None
+                    self.ran_ns += now_ns() - t0
+        finally:
+            self.spinning = False
+        return yields
 
     def __repr__(self) -> str:
         return f"<HostThread {self.name} {'running' if self.on_cpu else 'off cpu'}>"
 
 
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class HostCPUs:
     """``n`` physical CPUs shared by the threads attached to them (see the module docstring)."""
 
-    __slots__ = ("n", "slice_ns", "free", "queue", "threads", "dispatches")
+    __slots__ = ("n", "slice_ns", "free", "queue", "woken", "threads", "dispatches", "yields", "spinners")
 
     def __init__(self, n: int, slice_ns: int | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -111,9 +187,12 @@ class HostCPUs:
         self.n = n
         self.slice_ns = eevdf_slice_ns(n) if slice_ns is None else slice_ns
         self.free = n
-        self.queue: deque[HostThread] = deque()
+        self.queue: deque[HostThread] = deque()  # preempted (and yielding) threads
+        self.woken: deque[HostThread] = deque()  # threads woken from a sleep: served first
         self.threads: list[HostThread] = []
         self.dispatches = 0
+        self.yields = 0
+        self.spinners: list[HostThread] = []  # threads spinning on a CPU (HostThread.spin)
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -127,19 +206,24 @@ class HostCPUs:
         waited = 0
         if t.on_cpu:
             return 0
-        if self.free and not self.queue:
+        if self.free and not self.queue and not self.woken:
             self.free -= 1
         else:
             loop = asyncio.get_running_loop()
             fut = t._wakeup = loop.create_future()
-            self.queue.append(t)
+            q = self.woken if t.blocked else self.queue
+            q.append(t)
+            if t.ready and not t.spinning and self.spinners:  # a spinner's next pause-loop exit finds it
+                poke = self.spinners[0]._poke
+                if poke is not None and not poke.done():
+                    poke.set_result(None)
             t0 = now_ns()
             try:
                 await fut
             except BaseException:
                 t._wakeup = None
-                if t in self.queue:
-                    self.queue.remove(t)
+                if t in q:
+                    q.remove(t)
                 elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
                     self._hand_on()
                 raise
@@ -148,6 +232,7 @@ class HostCPUs:
             if t.books is not None:
                 t.books.runnable_ns += waited
         t.on_cpu = True
+        t.ready = t.blocked = False
         t.ran_ns = 0
         self.dispatches += 1
         return waited
@@ -159,15 +244,31 @@ class HostCPUs:
         self._hand_on()
 
     def _hand_on(self) -> None:
-        while self.queue:
-            nxt = self.queue.popleft()
+        while self.woken or self.queue:
+            nxt = (self.woken or self.queue).popleft()
             w = nxt._wakeup
             if w is not None and not w.done():
                 w.set_result(None)
                 return
         self.free += 1
 
+    def yield_target(self) -> HostThread | None:
+        """The queued vCPU a pause-loop exit would yield to: ready, not spinning itself (KVM's
+        ``kvm_vcpu_on_spin`` skips vCPUs that are not ``ready`` and, by ``dy_eligible``, spinners)."""
+        for q in (self.woken, self.queue):
+            for t in q:
+                if t.ready and not t.spinning and t._wakeup is not None and not t._wakeup.done():
+                    return t
+        return None
+
+    def grant(self, t: HostThread) -> None:
+        """Hand a CPU that is being given up to queued ``t``."""
+        (self.woken if t in self.woken else self.queue).remove(t)
+        assert t._wakeup is not None
+        t._wakeup.set_result(None)
+
     def statistics(self) -> dict[str, int]:
         """Dispatches, preemptions and the run queue's length now."""
         return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
-                "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queue)}
+                "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queue) + len(self.woken),
+                "directed_yields": self.yields}

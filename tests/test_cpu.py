@@ -10,7 +10,8 @@ import pytest
 
 import aemu.memory.dispatch as dispatch
 from aemu import MachineConfig, simulate
-from aemu.cpu import Compute, GuestProgram, MMIORead, PIORead, PIOWrite, VCPUAccount
+from aemu.cpu import (Compute, GuestProgram, LAPICTimer, MMIORead, PIORead, PIOWrite, SendIPI, VCPUAccount,
+                       WaitForVector)
 from aemu.machine import Machine
 from aemu.memory import AddressSpace, MemoryRegion
 from aemu.result import Metric
@@ -40,8 +41,9 @@ class TestPostRun:
     def test_after_every_exit_of_a_boot(self, series: str) -> None:
         r = simulate(config(n=4, chip="off", w="boot", s=series))
         assert r.finished
-        exits = sum(n for v in r.vcpus for kind, n in v.exits_by_kind.items() if kind != "irq")
-        # interrupt deliveries ("irq") are injections at an entry, not returns from KVM_RUN
+        exits = sum(n for v in r.vcpus for kind, n in v.exits_by_kind.items() if kind not in ("irq", "ple"))
+        # interrupt deliveries ("irq") are injections at an entry, and pause-loop exits ("ple") are
+        # handled in KVM: neither returns from KVM_RUN
         assert site_acquisitions(r, "kvm_arch_post_run") == exits
 
     @pytest.mark.parametrize("chip", ["on", "split"])
@@ -135,6 +137,35 @@ class TestPreRun:
         m.set_patch("irqchip-pre-run", False)
         # every entry takes it: the first and one after each of the 54 exits (52 reads, CONFIG read + write)
         assert site_acquisitions(Result.from_machine(clock.run(run_machine(m))), "kvm_arch_pre_run") == 55
+
+
+    @pytest.mark.parametrize(("chip", "expected"), [("split", 1 + 2), ("off", 1 + 2 + 3), ("on", 0)])
+    def test_only_exits_that_return_to_qemu_enter_through_pre_run(self, chip: str, expected: int) -> None:
+        """kvm_arch_pre_run runs before each KVM_RUN ioctl: after a PIO exit, not after an IPI,
+        a LAPIC timer write or a HLT, which KVM handles itself when the LAPIC is in the kernel
+        (kernel-irqchip=split); with it in QEMU (off) those return to QEMU too; with the PIC in
+        the kernel (on) pre_run takes no BQL."""
+        r = simulate(config(chip=chip), _KernelExits())
+        v = r.vcpus[0]
+        assert v.exits_by_kind["pio"] == 2 and v.exits_by_kind["ipi"] == 1 and v.exits_by_kind["hlt"] == 1
+        assert site_acquisitions(r, "kvm_arch_pre_run") == expected  # the first entry, then per return
+
+
+class _KernelExits(Workload):
+    """Exits KVM handles (IPI to itself, LAPIC timer, its interrupt's HLT) between two PIO exits."""
+
+    name = "kernel-exits"
+
+    def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
+        yield PIOWrite(0x80, 1, 1)
+        yield SendIPI(0, 0x40)
+        yield WaitForVector(0x40)
+        yield LAPICTimer(5_000, 0xEC)
+        yield WaitForVector(0xEC)
+        yield PIOWrite(0x80, 1, 1)
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nothing", 0, "")
 
 
 class TestLatencyBooks:

@@ -26,7 +26,7 @@ HPET_32_AFTER_NS = 31 * (3_000 + 60 * 3_100) / 60 / 32
 class TestSeedResults:
     def test_hpet_bench_32_vcpus_after_is_at_most_a_fifth_of_before_with_fifo(self) -> None:
         # the seed's claim, made with the fifo hand-off (a wake-up per acquisition: the readers
-        # convoy): 295,821 ns -> 3,052 ns, after/before 0.010
+        # convoy): 318,831 ns -> 3,052 ns, after/before 0.010
         common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60 --lock-policy fifo"
         before, after = run(common + " --series before"), run(common + " --series after")
         assert before.finished and after.finished
@@ -35,13 +35,14 @@ class TestSeedResults:
         assert after.bql.acquisitions < before.bql.acquisitions / 10
 
     def test_hpet_bench_32_vcpus_barging_default(self) -> None:
-        # glibc's barging mutex (the default), a host CPU per vCPU: 9,719 ns -> 3,052 ns, after/before
-        # 0.31 (the same in lockstep; 0.54 before run-ahead kept lockstep's schedule, 5a623ca)
+        # glibc's barging mutex (the default), a host CPU per vCPU: 14,996 ns -> 3,052 ns, after/before
+        # 0.20. The BSP's IPIs are handled in KVM, so they take no BQL in kvm_arch_pre_run and the
+        # APs start together (9,719 ns, 0.31, while every exit re-entered through pre_run)
         common = f"-M q35,hpet=on -smp 32,sockets=4 {SPLIT} --workload hpet-bench --param reads=60"
         before, after = run(common + " --series before"), run(common + " --series after")
         assert before.finished and after.finished and before.config.lock_policy == "barging"
         assert after.metric.value == HPET_32_AFTER_NS
-        assert 0.25 <= after.metric.value / before.metric.value <= 0.37
+        assert 0.15 <= after.metric.value / before.metric.value <= 0.25
         assert after.bql.acquisitions < before.bql.acquisitions / 10
 
     def test_hpet_bench_one_vcpu_before_and_after_within_10_percent(self) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 import aemu
 from aemu import MachineConfig, simulate
-from aemu.cpu import (Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI,
-                      WaitForVector)
+from aemu.cpu import (Arrive, Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI,
+                      SpinUntil, WaitForVector)
 from aemu.errors import ConfigError
 from aemu.machine import Machine
 from aemu.replay import ReplayWorkload
@@ -175,6 +175,8 @@ def drive(prog: GuestProgram, n: int, reply: Any = 0) -> list[Exit]:
         while len(out) < n:
             e = prog.send(value)
             out.append(e)
+            if isinstance(e, Arrive):  # what the vCPU does with it: a store to guest memory
+                e.barrier.arrive()
             value = reply(e) if callable(reply) else reply
     except StopIteration:
         pass
@@ -196,22 +198,28 @@ class TestPrograms:
     def test_hpet_bench_bsp_enables_the_hpet_starts_the_aps_then_waits(self) -> None:
         m = machine(f"-M q35,hpet=on -smp 3 {SPLIT} --workload hpet-bench", reads=3)
         bsp = m.workload.program(m, 0, random.Random(0))
+        wl = m.workload
+        assert isinstance(wl, HPETBench)
         # CONFIG read-modify-write (a set LEG_RT bit is kept), an IPI per AP from the last down,
-        # then a pause loop with no exits for as long as an AP runs (the program never ends here)
+        # then a pause loop until both APs have arrived at the barrier (cpus_active() == 1)
         assert drive(bsp, 7, lambda e: 0b10 if e == MMIORead(HPET_CFG, 8) else None) == [
             MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b11, 8), SendIPI(2, self.START), SendIPI(1, self.START),
-            Compute(10_000), Compute(10_000), Compute(10_000)]
+            SpinUntil(wl.aps_done)]
         assert (HPET_CFG, HPET_COUNTER) == (0xFED00010, 0xFED000F0)
-        for ap in (1, 2):  # once both APs are done, the BSP's loop ends
-            drive(m.workload.program(m, ap, random.Random(0)), 100, counter())
-        assert drive(bsp, 5) == []
+        assert wl.aps_done.parties == 2 and not wl.aps_done.full
+        for ap in (1, 2):  # each AP arrives when its reads are done
+            assert drive(m.workload.program(m, ap, random.Random(0)), 100, counter())[-1] == Arrive(wl.aps_done)
+        assert wl.aps_done.full and drive(bsp, 5) == []
 
     def test_hpet_bench_ap_reads_reads_plus_two_times(self) -> None:
         m = machine(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-bench", reads=2)
         ap = drive(m.workload.program(m, 1, random.Random(0)), 100, counter())
         read, compute = MMIORead(0xFED000F0, 8), Compute(100)
-        assert ap == [WaitForVector(self.START), read, read, compute, read, compute, read]  # start, 2 x (read, loop), end
-        assert isinstance(m.workload, HPETBench) and m.workload.latency == [0, (1_003 - 1_000) * 10 // 2]  # tick delta x 10 ns / reads, per AP
+        assert isinstance(m.workload, HPETBench)
+        done = Arrive(m.workload.aps_done)
+        # start, 2 x (read, loop), end, then it arrives at the BSP's barrier
+        assert ap == [WaitForVector(self.START), read, read, compute, read, compute, read, done]
+        assert m.workload.latency == [0, (1_003 - 1_000) * 10 // 2]  # tick delta x 10 ns / reads, per AP
 
     def test_hpet_bench_one_cpu_the_bsp_reads(self) -> None:
         m = machine(f"-M q35,hpet=on -smp 1 {SPLIT} --workload hpet-bench", reads=2)
@@ -232,11 +240,14 @@ class TestPrograms:
         assert drive(bsp, 5, 0)[2:] == [SendIPI(3, self.START), SendIPI(2, self.START), SendIPI(1, self.START)]
         cfg = 0b11  # ENABLE and LEG_RT: only ENABLE toggles (even i disables, odd i enables)
         writer = drive(m.workload.program(m, 1, random.Random(0)), 100, lambda e: cfg if e == MMIORead(HPET_CFG, 8) else None)
+        assert isinstance(m.workload, HPETTorture)
+        done = Arrive(m.workload.aps_done)
         assert writer == [WaitForVector(self.START),
                           MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b10, 8), MMIORead(HPET_CFG, 8),
-                          MMIOWrite(HPET_CFG, 0b11, 8), MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b10, 8)]
+                          MMIOWrite(HPET_CFG, 0b11, 8), MMIORead(HPET_CFG, 8), MMIOWrite(HPET_CFG, 0b10, 8), done]
         reader = drive(m.workload.program(m, 2, random.Random(0)), 100, counter())
-        assert reader == [WaitForVector(self.START), *[MMIORead(HPET_COUNTER, 8)] * 2, Compute(100), MMIORead(HPET_COUNTER, 8)]
+        assert reader == [WaitForVector(self.START), *[MMIORead(HPET_COUNTER, 8)] * 2, Compute(100), MMIORead(HPET_COUNTER, 8),
+                          done]
         with pytest.raises(ConfigError, match="needs -smp 3 or more"):
             machine(f"-M q35,hpet=on -smp 2 {SPLIT} --workload hpet-torture")
 
@@ -266,6 +277,8 @@ class TestPrograms:
         prog = drive(m.workload.program(m, 0, random.Random(0)), 10_000,
                      lambda e: next(ticks) if e == PIORead(0x608, 4) else 0)
         read = PIORead(0x608, 4)
+        assert isinstance(m.workload, Boot)
+        rendezvous = m.workload.rendezvous[0]
         banner = [PIOWrite(0x3F8, b, 1) for b in b"aemu boot: starting APs\r\n"]
         # 2 us of work at 1M reads/s: (1 us of work, a read) twice; the one stall (1 us) after the
         # second read: a read to start, then (poll, read) until 1 us has passed on the PM timer
@@ -279,6 +292,7 @@ class TestPrograms:
             *banner,
             Compute(1_000), read, Compute(1_000), read,
             read, Compute(50), read, Compute(50), read,
+            Arrive(rendezvous), SpinUntil(rendezvous),
             *(PIOWrite(0x3F8, b, 1) for b in b"phase 0 done\r\n"), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
 
     @pytest.mark.parametrize(("machine_args", "first", "clock"), [
@@ -325,21 +339,23 @@ class TestPrograms:
         assert next(ap) == WaitForVector(0x30)
         assert ap.send(None) == Compute(0)  # its start-up work (ap_start_us=0 here), then it checks in
 
-    def test_boot_rendezvous_waits_off_cpu_for_the_last_arrivals_ipi(self) -> None:
+    def test_boot_aps_idle_until_all_are_up_then_meet_at_a_spin_barrier(self) -> None:
         m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})
         wl = m.workload
         assert isinstance(wl, Boot)
-        wl.checked_in = 2
         ticks = iter(range(0, 10**6, 4))
         reply = lambda e: next(ticks) if e == PIORead(0x608, 4) else 0  # noqa: E731
         ap = m.workload.program(m, 1, random.Random(0))
         out = drive(ap, 100, reply)
-        # first to arrive: it waits (halted, off its host CPU) for the IPI, no spinning
-        assert out[-3:] == [WaitForVector(0xFB), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
-        bsp = m.workload.program(m, 0, random.Random(0))
-        out = drive(bsp, 200, reply)
-        assert WaitForVector(0xFB) not in out and SendIPI(1, 0xFB) in out  # the last to arrive sends the IPI
-        assert out[-2:] == [LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
+        barrier = wl.rendezvous[0]
+        # started, checked in, then halted (off its host CPU) until the BSP's go IPI
+        assert out[:3] == [WaitForVector(0x30), Compute(0), WaitForVector(0xFB)]
+        # first at the barrier: it spins (PAUSE, on its CPU) until the BSP arrives
+        assert out[-4:] == [Arrive(barrier), SpinUntil(barrier), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
+        assert barrier.arrived == 1 and not barrier.full
+        bsp = drive(m.workload.program(m, 0, random.Random(0)), 200, reply)
+        assert bsp.index(SendIPI(1, 0x30)) < bsp.index(SendIPI(1, 0xFB)) < bsp.index(Arrive(barrier))
+        assert barrier.full
 
 
 # -- metrics -------------------------------------------------------------------------------------

@@ -14,17 +14,20 @@ section 6 and in README's guest-profile table.
   ``pci-conf-data`` read per slot), reads the RTC, prints a banner on the serial port, then
   starts the APs one at a time, as ``KeStartAllProcessors`` does: a startup IPI, then it stalls
   (``KeStallExecutionProcessor``, polling the clock) until that AP has checked in.
-* **An AP** waits for its startup IPI, spends ``ap_start_us`` of guest work initialising, and
-  checks in.
+* **An AP** waits for its startup IPI, spends ``ap_start_us`` of guest work initialising, checks
+  in, and idles (HLT) until the BSP has started every AP and sends it an IPI (assumption: the
+  APs get work once all processors are up, as in Linux's ``smp_init``).
 * **Every vCPU** then runs ``phases`` phases: ``work_us`` of guest work during which it reads the
   clock ``qpc_per_s`` times per second of work (counted: a slower read makes the work longer),
   and ``stalls`` calls of ``KeStallExecutionProcessor(stall_us)``, which spin on the clock until
   the deadline has passed (timed: a slower read means fewer reads, not a longer stall). After
-  each phase the vCPUs meet at a rendezvous (an IPI generic call): early arrivers spin on memory
-  with ``pause``, which KVM's pause-loop exiting turns into yielding the host CPU; modelled as
-  waiting off-CPU until the last arrival's IPI (assumption). Then each vCPU idles for one
-  clock tick: it arms its LAPIC timer for ``idle_ns`` and halts until the interrupt; the BSP
-  prints a progress line.
+  each phase the vCPUs meet at a rendezvous in guest memory (an IPI generic call's barrier):
+  early arrivers spin with ``pause`` (Windows' spin-waits use ``KeYieldProcessor``, i.e.
+  PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
+  (:mod:`aemu.sched`): one preempted in the guest, or woken from HLT -- not one asleep on the
+  BQL in QEMU, which the spinners keep waiting for. Then each vCPU idles for one clock tick: it
+  arms its LAPIC timer for ``idle_ns`` and halts until the interrupt; the BSP prints a progress
+  line.
 * The boot is done when every vCPU has finished its phases; the metric is the virtual time that
   took. A cap (``--duration``, default 2 s) ends a boot that stalls (``finished: false``).
 
@@ -38,7 +41,8 @@ import random
 from typing import TYPE_CHECKING
 
 from .. import clock
-from ..cpu import Compute, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite, SendIPI, WaitForVector
+from ..cpu import (Arrive, Compute, GuestBarrier, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite,
+                   SendIPI, SpinUntil, WaitForVector)
 from ..result import Metric
 from .base import Param, Workload
 from .micro import HPET_CFG, HPET_CLK_PERIOD_NS, HPET_COUNTER
@@ -50,7 +54,7 @@ SERIAL_THR = 0x3F8
 STARTUP_VECTOR = 0x30
 IDLE_VECTOR = 0xEC  # the LAPIC timer
 PM_TIMER_HZ = 3_579_545  # ACPI PM timer frequency (ACPI spec; QEMU hw/acpi/core.c PM_TIMER_FREQUENCY)
-RENDEZVOUS_VECTOR = 0xFB  # the IPI the last vCPU at a rendezvous sends the others
+GO_VECTOR = 0xFB  # the IPI the BSP sends each AP once all are up
 
 
 class GuestClock:
@@ -118,9 +122,9 @@ class Boot(Workload):
     }
 
     def setup(self, machine: Machine) -> None:
-        self.arrived: list[int] = [0] * int(self.params["phases"])
-        self.checked_in = 1  # the BSP
         self.cpus = len(machine.vcpus)
+        self.rendezvous = [GuestBarrier(self.cpus) for _ in range(int(self.params["phases"]))]
+        self.checked_in = 1  # the BSP
 
     def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
         p = self.params
@@ -140,10 +144,13 @@ class Boot(Workload):
                 yield SendIPI(ap, STARTUP_VECTOR)
                 while self.checked_in <= ap:  # KeStartAllProcessors waits for the AP
                     yield from qpc.stall(p["stall_us"] * 1000, poll)
+            for ap in range(1, self.cpus):
+                yield SendIPI(ap, GO_VECTOR)
         else:
             yield WaitForVector(STARTUP_VECTOR)
             yield Compute(p["ap_start_us"] * 1000)
             self.checked_in += 1
+            yield WaitForVector(GO_VECTOR)
         interval = Compute(max(1, 10**9 // p["qpc_per_s"]))
         reads = max(1, p["work_us"] * p["qpc_per_s"] // 1_000_000)
         for phase in range(p["phases"]):
@@ -152,13 +159,8 @@ class Boot(Workload):
                 yield from qpc.read()
                 if i * p["stalls"] // reads != (i + 1) * p["stalls"] // reads:  # stalls spread over the work
                     yield from qpc.stall(p["stall_us"] * 1000, poll)
-            self.arrived[phase] += 1  # the rendezvous lives in guest RAM: no exit to check it
-            if self.arrived[phase] < self.cpus:
-                yield WaitForVector(RENDEZVOUS_VECTOR)
-            else:
-                for cpu in range(self.cpus):
-                    if cpu != index:
-                        yield SendIPI(cpu, RENDEZVOUS_VECTOR)
+            yield Arrive(self.rendezvous[phase])  # the barrier lives in guest RAM: no exit
+            yield SpinUntil(self.rendezvous[phase])
             if index == 0:
                 yield from _serial(b"phase %d done\r\n" % phase)
             yield LAPICTimer(p["idle_ns"], IDLE_VECTOR)

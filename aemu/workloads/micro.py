@@ -21,7 +21,8 @@ import random
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from ..cpu import Compute, Exit, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, SendIPI, WaitForVector
+from ..cpu import (Arrive, Compute, Exit, GuestBarrier, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, SendIPI,
+                   SpinUntil, WaitForVector)
 from ..errors import ConfigError
 from ..result import Metric
 from .base import Param, Workload
@@ -34,7 +35,6 @@ HPET_CFG = HPET_BASE + 0x010
 HPET_COUNTER = HPET_BASE + 0x0F0
 HPET_CLK_PERIOD_NS = 10  # hpet_read_test's HPET_CLK_PERIOD (QEMU's HPET runs at 100 MHz)
 START_VECTOR = 0x31  # on_cpu_async's IPI
-PAUSE_NS = 10_000  # the BSP notices the last AP within this much (its pause loop, not modelled finer)
 
 
 class _ReadBench(Workload):
@@ -52,7 +52,7 @@ class _HPETTest(Workload):
         if not machine.config.hpet:
             raise ConfigError(f"workload {self.name!r} needs the HPET: use -M q35,hpet=on (or pc,hpet=on)")
         self.cpus = len(machine.vcpus)
-        self.active = self.cpus  # cpus_active(): the BSP and the APs still running a job
+        self.aps_done = GuestBarrier(max(self.cpus - 1, 1))  # cpus_active() == 1: every AP's job returned
         self.backward = 0  # failures: a read returned less than the one before
 
     def enable(self) -> GuestProgram:
@@ -75,10 +75,9 @@ class _HPETTest(Workload):
         return latency
 
     def wait_for_aps(self) -> GuestProgram:
-        """The BSP's ``while (cpus_active() > 1) pause();``: guest time on its CPU, no exits."""
-        pause = Compute(PAUSE_NS)
-        while self.active > 1:
-            yield pause
+        """The BSP's ``while (cpus_active() > 1) pause();``: a pause loop on its CPU (KVM's PLE exits
+        may hand the CPU to a ready AP), no exits to QEMU."""
+        yield SpinUntil(self.aps_done)
 
 
 class HPETBench(_HPETTest):
@@ -102,12 +101,11 @@ class HPETBench(_HPETTest):
                 return
             for cpu in range(self.cpus - 1, 0, -1):
                 yield SendIPI(cpu, START_VECTOR)
-            self.active -= 1
             yield from self.wait_for_aps()
             return
         yield WaitForVector(START_VECTOR)
         self.latency[index] = yield from self.reader(self.params["reads"], compute)
-        self.active -= 1
+        yield Arrive(self.aps_done)
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("average read (hpet_read_test)", sum(self.latency) / self.cpus, "ns")
@@ -132,7 +130,6 @@ class HPETTorture(_HPETTest):
             for cpu in range(self.cpus - 1, 1, -1):
                 yield SendIPI(cpu, START_VECTOR)
             yield SendIPI(1, START_VECTOR)
-            self.active -= 1
             yield from self.wait_for_aps()
             return
         yield WaitForVector(START_VECTOR)
@@ -142,7 +139,7 @@ class HPETTorture(_HPETTest):
                 yield MMIOWrite(HPET_CFG, config | 1 if i & 1 else config & ~1, 8)
         else:
             yield from self.reader(self.params["reads"], Compute(machine.costs.guest_compute_ns))
-        self.active -= 1
+        yield Arrive(self.aps_done)
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("backward counter steps", self.backward, "")
