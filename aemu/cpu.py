@@ -722,7 +722,9 @@ class VCPU:
         if thread is None:
             await barrier.wait()
         else:
-            acct.exits["ple"] += await thread.spin(barrier.wait())
+            yields = await thread.spin(barrier.wait())
+            if yields:
+                acct.exits["ple"] += yields
         end = clock.now_ns()
         acct.guest_ns += end - t0 - (acct.runnable_ns - waited)
         tracer = self.board.tracer

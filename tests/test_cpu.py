@@ -10,8 +10,8 @@ import pytest
 
 import aemu.memory.dispatch as dispatch
 from aemu import MachineConfig, simulate
-from aemu.cpu import (Compute, GuestProgram, LAPICTimer, MMIORead, PIORead, PIOWrite, SendIPI, VCPUAccount,
-                       WaitForVector)
+from aemu.cpu import (Arrive, Compute, GuestBarrier, GuestProgram, LAPICTimer, MMIORead, PIORead, PIOWrite, SendIPI,
+                       SpinUntil, VCPUAccount, WaitForVector)
 from aemu.machine import Machine
 from aemu.memory import AddressSpace, MemoryRegion
 from aemu.result import Metric
@@ -78,6 +78,69 @@ class TestOneDecision:
         assert r.regions_by_name()["hpet"].count == 104
         assert calls.count("hpet") == expected
         assert site_acquisitions(r, "hpet read") + site_acquisitions(r, "hpet write") == expected
+
+
+class TestHostThreadState:
+    """What KVM sees of a vCPU thread: inside KVM_RUN except while QEMU handles its exit."""
+
+    def test_a_vcpu_is_out_of_kvm_run_while_qemu_handles_its_exit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aemu import clock
+
+        seen: list[bool] = []
+        real = dispatch.prepare_mmio_access
+
+        async def recording(space: AddressSpace, mr: MemoryRegion, site: str) -> bool:
+            k = clock.current_keeper()
+            assert k is not None and k.thread is not None
+            seen.append(k.thread.in_guest)
+            return await real(space, mr, site)
+
+        monkeypatch.setattr(dispatch, "prepare_mmio_access", recording)
+        from aemu.runner import run_machine
+
+        m = clock.run(run_machine(Machine(config(n=2, s="before", extra="--host-cpus 1"), _Probe())))
+        # every access of _Probe takes the BQL before the series: 5 ioport80 writes, 5 HPET reads,
+        # 1 PM-timer read per vCPU; all of them with the thread out of KVM_RUN
+        assert seen == [False] * 2 * 11
+        assert all(c.keeper.thread is not None and c.keeper.thread.in_guest for c in m.vcpus)  # back in KVM_RUN
+
+
+class TestSpinBarrier:
+    """A spin barrier in guest memory: arriving is a store, waiting is guest time on the vCPU's CPU."""
+
+    @pytest.mark.parametrize("host", ["", "--host-cpus 1"])
+    def test_the_waiter_spins_as_guest_time_until_the_last_arrives(self, host: str) -> None:
+        r = simulate(config(n=2, s="after", extra=host), _Meet())
+        assert r.finished
+        late, early = r.vcpus
+        assert early.finish_ns == late.finish_ns == 50_000  # the early one leaves when the late one arrives
+        assert late.guest_ns == 50_000
+        # one host CPU: vCPU 0 runs first; vCPU 1 waits for the CPU (runnable), then finds the barrier full
+        # the early vCPU's spin is guest time; the run queue's waits are runnable time
+        assert early.guest_ns + early.runnable_ns == early.finish_ns - early.start_ns
+        assert early.exit_ns == 0 and not early.exits_by_kind
+
+    def test_a_barrier_needs_parties(self) -> None:
+        with pytest.raises(ValueError, match="positive number of parties"):
+            GuestBarrier(0)
+
+
+class _Meet(Workload):
+    """vCPU 0 computes 50 us, then both meet at a spin barrier."""
+
+    name = "meet"
+
+    def setup(self, machine: Machine) -> None:
+        self.barrier = GuestBarrier(2)
+
+    def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
+        if index == 0:
+            yield Compute(50_000)
+        yield Arrive(self.barrier)
+        yield SpinUntil(self.barrier)
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nothing", 0, "")
 
 
 class _Probe(Workload):
