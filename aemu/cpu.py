@@ -719,17 +719,19 @@ class VCPU:
         waited = acct.runnable_ns
         thread = k.thread
         self.current_exit = "spin"
-        if thread is None:
-            await barrier.wait()
-        else:
-            yields = await thread.spin(barrier.wait())
-            if yields:
-                acct.exits["ple"] += yields
-        end = clock.now_ns()
-        acct.guest_ns += end - t0 - (acct.runnable_ns - waited)
-        tracer = self.board.tracer
-        if tracer is not None:
-            tracer.span(self.name, "guest", t0, end)
+        try:
+            if thread is None:
+                await barrier.wait()
+            else:
+                yields = await thread.spin(barrier.wait())
+                if yields:
+                    acct.exits["ple"] += yields
+        finally:  # a run that ends (cap, Ctrl-C) while spinning still books the spin
+            end = clock.now_ns()
+            acct.guest_ns += end - t0 - (acct.runnable_ns - waited)
+            tracer = self.board.tracer
+            if tracer is not None:
+                tracer.span(self.name, "guest", t0, end)
 
     async def handle(self, ex: Exit) -> Any:
         """Handle an exit that is not a port or memory access; returns what the guest receives."""

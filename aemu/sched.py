@@ -227,10 +227,11 @@ class HostCPUs:
                 elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
                     self._hand_on()
                 raise
+            finally:  # the wait is booked even when the run ends (cap, Ctrl-C) while it queues
+                waited = now_ns() - t0
+                if t.books is not None:
+                    t.books.runnable_ns += waited
             t._wakeup = None
-            waited = now_ns() - t0
-            if t.books is not None:
-                t.books.runnable_ns += waited
         t.on_cpu = True
         t.ready = t.blocked = False
         t.ran_ns = 0

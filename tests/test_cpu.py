@@ -120,6 +120,14 @@ class TestSpinBarrier:
         assert early.guest_ns + early.runnable_ns == early.finish_ns - early.start_ns
         assert early.exit_ns == 0 and not early.exits_by_kind
 
+    @pytest.mark.parametrize(("host", "guest_share"), [("", 1.0), ("--host-cpus 2", 2 / 3), ("--host-cpus 1", 1 / 3)])
+    def test_a_spin_that_never_ends_stops_at_the_cap_with_its_time_booked(self, host: str, guest_share: float) -> None:
+        r = simulate(config(n=3, s="after", extra=f"--duration 60ms {host}"), _Stuck())
+        assert not r.finished and r.virtual_ns == 60_000_000
+        for v in r.vcpus:  # 3 spinners share the CPUs in slices: all of the time is spin or run queue
+            assert v.guest_ns + v.runnable_ns == v.elapsed_ns == 60_000_000
+            assert v.guest_ns == pytest.approx(guest_share * 60_000_000, rel=0.03)
+
     def test_a_barrier_needs_parties(self) -> None:
         with pytest.raises(ValueError, match="positive number of parties"):
             GuestBarrier(0)
@@ -136,6 +144,22 @@ class _Meet(Workload):
     def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
         if index == 0:
             yield Compute(50_000)
+        yield Arrive(self.barrier)
+        yield SpinUntil(self.barrier)
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nothing", 0, "")
+
+
+class _Stuck(Workload):
+    """Every vCPU spins at a barrier that waits for more vCPUs than there are."""
+
+    name = "stuck"
+
+    def setup(self, machine: Machine) -> None:
+        self.barrier = GuestBarrier(len(machine.vcpus) + 1)
+
+    def program(self, machine: Machine, index: int, rng: Any) -> GuestProgram:
         yield Arrive(self.barrier)
         yield SpinUntil(self.barrier)
 
