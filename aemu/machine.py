@@ -165,12 +165,14 @@ class Machine:
         # vCPUs first (the irqchip needs them), programs later
         n = config.smp.cpus
         self.vcpus: list[VCPU] = [VCPU(self, i, _no_program(), quantum_ns=config.quantum_ns) for i in range(n)]
-        #: the host CPUs the vCPU threads share, when fewer than the threads (``--host-cpus``)
+        #: the host CPUs the vCPU threads and the main-loop thread share, when fewer than those
+        #: threads (``--host-cpus``)
         self.host_cpus: HostCPUs | None = None
-        if config.host_cpus is not None and config.host_cpus < n:
+        if config.host_cpus is not None and config.host_cpus < n + 1:
             self.host_cpus = HostCPUs(config.host_cpus)
             for cpu in self.vcpus:
                 cpu.keeper.thread = self.host_cpus.thread(cpu.name, cpu.account)
+            self.host.main_loop.thread = self.host_cpus.thread("main-loop")
 
         # devices
         self.devices: list[Device] = []

@@ -3,7 +3,8 @@
 QEMU runs one thread per vCPU plus the main-loop thread; with ``-smp 240`` on a 32-core host at
 most 32 of them run at once. Here each vCPU's :class:`~aemu.clock.QuantumKeeper` carries a
 :class:`HostThread`, and every stretch of work the vCPU does (guest compute, exit handling,
-handler work under a lock: what ``QuantumKeeper.sync`` sleeps) runs on a CPU:
+handler work under a lock: what ``QuantumKeeper.sync`` sleeps) runs on a CPU; the main loop
+(:class:`aemu.timer.MainLoop`) has a thread too, for its timer callbacks:
 
 * A runnable thread with no CPU waits in the run queue; its wait is booked as *runnable* time.
 * A thread keeps its CPU for a time slice; when the slice is used up and others are queued, it
@@ -29,8 +30,8 @@ scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_up
 a CPU. The run queue is FIFO, woken threads first, for all CPUs. Assumptions: load balancing is
 perfect (a thread runs on whichever CPU frees first), all threads have the default weight (nice
 0), and a woken thread waits for the next reschedule (no wake-up preemption of a running one).
-With at least as many CPUs as threads nobody ever queues and the model costs nothing: the
-machine then attaches no :class:`HostThread` at all.
+With at least as many CPUs as threads (the vCPUs and the main loop) nobody ever queues and the
+model costs nothing: the machine then attaches no :class:`HostThread` at all.
 """
 
 from __future__ import annotations

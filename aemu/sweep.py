@@ -140,7 +140,7 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in [
               _patch_edits, _apply_patch),
     Parameter("lock-policy", "how the BQL is handed over", _choice("lock-policy", LOCK_POLICIES),
               lambda c, v: c.replace(lock_policy=v)),
-    Parameter("host-cpus", "physical CPUs the vCPU threads share (none: one each)", _host_cpus,
+    Parameter("host-cpus", "physical CPUs the vCPU and main-loop threads share (none: one each)", _host_cpus,
               lambda c, v: c.replace(host_cpus=v)),
     Parameter("workload", "what the vCPUs run", str, lambda c, v: c.replace(workload=v)),
     Parameter("machine", "q35 or pc", _choice("machine", ("q35", "pc")), lambda c, v: c.replace(machine=v)),

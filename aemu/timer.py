@@ -67,7 +67,7 @@ class QEMUTimer:
 class MainLoop:
     """QEMU's main loop thread reduced to what matters here: expired timers run under the BQL."""
 
-    __slots__ = ("bql", "timer_cb_ns", "callbacks", "wakeups", "busy_ns", "_ready", "_wake", "_task")
+    __slots__ = ("bql", "timer_cb_ns", "callbacks", "wakeups", "busy_ns", "thread", "_ready", "_wake", "_task")
 
     def __init__(self, bql: Lock, timer_cb_ns: int) -> None:
         self.bql = bql
@@ -75,6 +75,10 @@ class MainLoop:
         self.callbacks = 0
         self.wakeups = 0
         self.busy_ns = 0
+        #: The host thread it runs on when host CPUs are modelled (:mod:`aemu.sched`), else None:
+        #: then it sleeps in ``ppoll`` while no timer is due, queues for a CPU when one is, and its
+        #: callbacks' work is CPU time. It is not a vCPU: KVM never yields a CPU to it.
+        self.thread: Any = None
         self._ready: list[QEMUTimer] = []
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -111,28 +115,45 @@ class MainLoop:
     async def run(self) -> None:
         """Wait for expired timers; run them with the BQL held, paying ``timer_cb_ns`` each."""
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._ready:
-                self._wake = loop.create_future()
-                await self._wake
-                self._wake = None
-            self.wakeups += 1
-            t0 = clock.now_ns()
-            async with self.bql.held("main-loop timers"):
-                while self._ready:
-                    timer = self._ready.pop(0)
-                    expire = timer.expire_ns
-                    if expire < 0 or expire > clock.now_ns() or timer.pending:
-                        # deleted (timer_del), already run, or re-armed for later since it expired:
-                        # QEMU's timerlist_run_timers looks at the list as it is now
-                        continue
-                    timer.expire_ns = -1
-                    await clock.sleep_ns(self.timer_cb_ns)
-                    timer.fired += 1
-                    self.callbacks += 1
-                    if checker is not None:
-                        checker.timer_callback(timer)
-                    r: Any = timer.cb()
-                    if timer._is_coro:
-                        await r
-            self.busy_ns += clock.now_ns() - t0
+        thread = self.thread
+        keeper = None
+        if thread is not None:  # a keeper carries the thread into the lock's futex wait
+            thread.in_guest = False
+            keeper = clock.QuantumKeeper(0)
+            keeper.thread = thread
+            keeper.attach()
+        work = thread.run if thread is not None else clock.sleep_ns
+        try:
+            while True:
+                if not self._ready:
+                    if thread is not None:  # ppoll: the thread sleeps, its CPU goes to another
+                        thread.block()
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                self.wakeups += 1
+                t0 = clock.now_ns()
+                if thread is not None:  # woken from ppoll: it runs once it has a CPU
+                    await thread.run(0)
+                async with self.bql.held("main-loop timers"):
+                    while self._ready:
+                        timer = self._ready.pop(0)
+                        expire = timer.expire_ns
+                        if expire < 0 or expire > clock.now_ns() or timer.pending:
+                            # deleted (timer_del), already run, or re-armed for later since it
+                            # expired: QEMU's timerlist_run_timers looks at the list as it is now
+                            continue
+                        timer.expire_ns = -1
+                        await work(self.timer_cb_ns)
+                        timer.fired += 1
+                        self.callbacks += 1
+                        if checker is not None:
+                            checker.timer_callback(timer)
+                        r: Any = timer.cb()
+                        if timer._is_coro:
+                            await r
+                self.busy_ns += clock.now_ns() - t0
+        finally:
+            if keeper is not None:
+                keeper.detach()
+                thread.block()

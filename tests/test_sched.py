@@ -68,11 +68,27 @@ def config(extra: str) -> str:
 
 
 def test_enough_host_cpus_attach_no_scheduler() -> None:
-    m = Machine(MachineConfig.parse(config("--host-cpus 8")))
+    # 8 vCPU threads and the main-loop thread: 9 CPUs are enough
+    m = Machine(MachineConfig.parse(config("--host-cpus 9")))
     assert m.host_cpus is None and all(c.keeper.thread is None for c in m.vcpus)
-    a = simulate(config("--host-cpus 8 --series before"))
+    assert m.host.main_loop.thread is None
+    a = simulate(config("--host-cpus 9 --series before"))
     b = simulate(config("--series before"))
     assert a.metric == b.metric and a.vcpus == b.vcpus
+
+
+def test_the_main_loop_thread_shares_the_host_cpus() -> None:
+    """QEMU's main-loop thread runs on the same CPUs: it sleeps in ppoll, queues for a CPU when
+    a timer is due, and is never a directed-yield target (it is not a vCPU)."""
+    from aemu.runner import run_machine
+
+    m = Machine(MachineConfig.parse(config("--host-cpus 8 --series before")))
+    assert m.host_cpus is not None
+    ml = m.host.main_loop.thread
+    assert ml is not None and ml in m.host_cpus.threads and len(m.host_cpus.threads) == 9
+    clock.run(run_machine(m))
+    assert m.host.main_loop.callbacks > 0  # it ran its timers, on a CPU
+    assert not ml.in_guest and not ml.on_cpu  # and went back to sleep
 
 
 def test_oversubscribed_vcpus_wait_runnable_and_time_adds_up() -> None:
