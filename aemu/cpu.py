@@ -564,11 +564,13 @@ class VCPU:
                         thread = k.thread
                         if thread is not None:  # out of KVM_RUN: QEMU handles the exit
                             thread.in_guest = False
-                        if k.offset_ns > k.horizon_ns or (k.locks_held and not k.hold_ahead):
-                            await k.sync_in_order()  # the slow path takes a lock
-                        r = await (acc.read() if is_read else acc.write(ex.value))  # type: ignore[union-attr]
-                        if thread is not None:
-                            thread.in_guest = True
+                        try:
+                            if k.offset_ns > k.horizon_ns or (k.locks_held and not k.hold_ahead):
+                                await k.sync_in_order()  # the slow path takes a lock
+                            r = await (acc.read() if is_read else acc.write(ex.value))  # type: ignore[union-attr]
+                        finally:
+                            if thread is not None:
+                                thread.in_guest = True
                     send = r[0] if is_read else None  # type: ignore[index]
                     # the access's latency: from the exit to the return into the guest
                     dt = now() + k.offset_ns - t0

@@ -98,12 +98,18 @@ class HostThread:
                 self.ran_ns += left
                 ns -= left
                 await sleep_ns(left)
-            if host.queue or host.woken:  # the slice is used up and somebody waits: preempted
-                self.preemptions += 1
-                host.release(self)
-                self.ready = self.in_guest
-            else:
-                self.ran_ns = 0  # nobody waits: a new slice on the same CPU
+            self._slice_end()
+
+    def _slice_end(self) -> None:
+        """The slice is used up: preempted if somebody waits (KVM marks the vCPU ready if that
+        happens inside KVM_RUN), else a new slice on the same CPU."""
+        host = self.host
+        if host.queue or host.woken:
+            self.preemptions += 1
+            host.release(self)
+            self.ready = self.in_guest
+        else:
+            self.ran_ns = 0
 
     async def woken_for_lock(self) -> None:
         """Woken from a futex wait: it runs (and competes for the lock again) once it has a CPU;
@@ -141,13 +147,8 @@ class HostThread:
                     host.grant(target)
                     continue
                 left = host.slice_ns - self.ran_ns
-                if left <= 0:
-                    if host.queue or host.woken:  # the slice is used up and somebody waits
-                        self.preemptions += 1
-                        host.release(self)
-                        self.ready = True  # preempted inside KVM_RUN, but a spinner: no target
-                    else:
-                        self.ran_ns = 0
+                if left <= 0:  # preempted inside KVM_RUN, but a spinner: not a target
+                    self._slice_end()
                     continue
                 # spin until done, the slice's end, or a ready vCPU queuing (HostCPUs.dispatch)
                 poke = self._poke = loop.create_future()

@@ -28,6 +28,13 @@ def site_acquisitions(result: Any, site: str, lock: str = "BQL") -> int:
     return sum(s.acquisitions for s in result.locks[lock].sites if s.site == site)
 
 
+class _NoMetric(Workload):
+    """A guest program for a test: its metric is nothing."""
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("nothing", 0, "")
+
+
 class TestPostRun:
     """``kvm_arch_post_run`` runs after every return from KVM_RUN (with kernel-irqchip=off it takes the BQL)."""
 
@@ -133,7 +140,7 @@ class TestSpinBarrier:
             GuestBarrier(0)
 
 
-class _Meet(Workload):
+class _Meet(_NoMetric):
     """vCPU 0 computes 50 us, then both meet at a spin barrier."""
 
     name = "meet"
@@ -147,11 +154,8 @@ class _Meet(Workload):
         yield Arrive(self.barrier)
         yield SpinUntil(self.barrier)
 
-    def metric(self, machine: Machine) -> Metric:
-        return Metric("nothing", 0, "")
 
-
-class _Stuck(Workload):
+class _Stuck(_NoMetric):
     """Every vCPU spins at a barrier that waits for more vCPUs than there are."""
 
     name = "stuck"
@@ -163,11 +167,8 @@ class _Stuck(Workload):
         yield Arrive(self.barrier)
         yield SpinUntil(self.barrier)
 
-    def metric(self, machine: Machine) -> Metric:
-        return Metric("nothing", 0, "")
 
-
-class _Probe(Workload):
+class _Probe(_NoMetric):
     """A guest that reads and writes a PIO port and computes."""
 
     name = "probe"
@@ -178,9 +179,6 @@ class _Probe(Workload):
             yield Compute(1_000)
             yield MMIORead(0xFED000F0, 8)
         yield PIORead(0x608, 4)
-
-    def metric(self, machine: Machine) -> Metric:
-        return Metric("nothing", 0, "")
 
 
 class TestBooks:
@@ -238,7 +236,7 @@ class TestPreRun:
         assert site_acquisitions(r, "kvm_arch_pre_run") == expected  # the first entry, then per return
 
 
-class _KernelExits(Workload):
+class _KernelExits(_NoMetric):
     """Exits KVM handles (IPI to itself, LAPIC timer, its interrupt's HLT) between two PIO exits."""
 
     name = "kernel-exits"
@@ -250,9 +248,6 @@ class _KernelExits(Workload):
         yield LAPICTimer(5_000, 0xEC)
         yield WaitForVector(0xEC)
         yield PIOWrite(0x80, 1, 1)
-
-    def metric(self, machine: Machine) -> Metric:
-        return Metric("nothing", 0, "")
 
 
 class TestLatencyBooks:
@@ -277,7 +272,7 @@ class TestLatencyBooks:
         assert min(counts) == 100_000 and max(counts) == 428_000
 
 
-class _Yields(Workload):
+class _Yields(_NoMetric):
     """vCPU 1 yields ``bad()`` after a BQL-bound access; the others read the PM timer."""
 
     name = "yields"
@@ -292,8 +287,6 @@ class _Yields(Workload):
             yield self.bad()
         yield PIORead(0x608, 4)
 
-    def metric(self, machine: Machine) -> Metric:
-        return Metric("x", 0, "")
 
 
 class TestGuestErrors:
