@@ -413,7 +413,8 @@ class VCPU:
     # the books, as the reports read them
     @property
     def exits(self) -> Counter[str]:
-        """Exits by kind (``pio``, ``mmio``, ``hlt``, ``irq``, ``ipi``, ``lapic-timer``, ``shutdown``)."""
+        """Exits by kind (``pio``, ``mmio``, ``hlt``, ``irq``, ``ipi``, ``lapic-timer``, ``shutdown``; ``ple``:
+        pause-loop exits that handed the host CPU to a ready vCPU)."""
         return self.account.exits
 
     @property
