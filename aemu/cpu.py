@@ -637,7 +637,7 @@ class VCPU:
     async def _entry(self, pre: bool) -> None:
         t0 = self._local()
         if pre:
-            await self.pre_run()
+            await self._out_of_kvm_run(self.pre_run())
         if self.kvm_pending and self.if_flag:
             await self._take_injected()
         tg = self._local()
@@ -691,9 +691,25 @@ class VCPU:
         base under the BQL. The loop runs it after every return from KVM_RUN when
         ``_userspace_apic``; with the APIC in the kernel it has nothing to do."""
         t0 = self._local()
+        await self._out_of_kvm_run(self._post_run_locked())
+        self.account.exit_ns += self._local() - t0
+
+    async def _post_run_locked(self) -> None:
         async with self.board.bql.held("kvm_arch_post_run"):
             pass
-        self.account.exit_ns += self._local() - t0
+
+    async def _out_of_kvm_run(self, work: Awaitable[None]) -> None:
+        """Await ``work``, QEMU's side of an entry or exit, with the vCPU thread marked out of
+        KVM_RUN: preempted there, KVM does not count it ready (:mod:`aemu.sched`)."""
+        thread = self.keeper.thread
+        if thread is None:
+            await work
+            return
+        thread.in_guest = False
+        try:
+            await work
+        finally:
+            thread.in_guest = True
 
     async def _take_injected(self) -> None:
         """The guest takes injected interrupts: injection, its handler, and the LAPIC EOI."""

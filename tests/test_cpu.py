@@ -111,6 +111,21 @@ class TestHostThreadState:
         assert seen == [False] * 2 * 11
         assert all(c.keeper.thread is not None and c.keeper.thread.in_guest for c in m.vcpus)  # back in KVM_RUN
 
+    def test_a_vcpu_is_out_of_kvm_run_in_pre_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aemu.cpu import VCPU
+
+        seen: list[bool] = []
+        real = VCPU.pre_run
+
+        async def recording(cpu: VCPU) -> None:
+            seen.append(cpu.keeper.thread.in_guest)
+            await real(cpu)
+
+        monkeypatch.setattr(VCPU, "pre_run", recording)
+        r = simulate(config(n=2, s="before", extra="--host-cpus 1"), _Probe())
+        assert r.finished and len(seen) == site_acquisitions(r, "kvm_arch_pre_run") > 0
+        assert not any(seen)
+
 
 class TestSpinBarrier:
     """A spin barrier in guest memory: arriving is a store, waiting is guest time on the vCPU's CPU."""
