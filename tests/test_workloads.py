@@ -21,7 +21,7 @@ from aemu.machine import Machine
 from aemu.replay import ReplayWorkload
 from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
-from aemu.workloads.boot import Boot
+from aemu.workloads.boot import HPET_T0_CFG, HPET_T0_CMP, Boot, ClockTick, rtc_rate_code
 from aemu.workloads.console import Console
 from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, HPETTorture, Idle, PMTimerBench
 
@@ -285,6 +285,7 @@ class TestPrograms:
         # (2 ticks = 559 ns per read: 2 more); then the rendezvous (alone: no wait), the progress
         # line and the idle tick
         assert prog == [
+            PIOWrite(0x70, 0x0A, 1), PIOWrite(0x71, 0x20 | 3, 1),  # the RTC's rate: 122 us, nearest 30 ns
             PIOWrite(0xCF8, 0x8000_0000, 4), PIORead(0xCFC, 4),  # PCI config scan, slot 0
             PIOWrite(0x70, 0x00, 1), PIORead(0x71, 1),  # RTC seconds, minutes, hours
             PIOWrite(0x70, 0x02, 1), PIORead(0x71, 1),
@@ -293,11 +294,16 @@ class TestPrograms:
             Compute(1_000), read, Compute(1_000), read,
             read, Compute(50), read, Compute(50), read,
             Arrive(rendezvous), SpinUntil(rendezvous),
-            *(PIOWrite(0x3F8, b, 1) for b in b"phase 0 done\r\n"), LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
+            *(PIOWrite(0x3F8, b, 1) for b in b"phase 0 done\r\n"),
+            # the clock owner idles on the RTC's periodic interrupt: PIE on, IRQ8, register C, PIE off
+            PIOWrite(0x70, 0x0B, 1), PIORead(0x71, 1), PIOWrite(0x70, 0x0B, 1), PIOWrite(0x71, 0x40, 1),
+            WaitForVector(0x38), PIOWrite(0x70, 0x0C, 1), PIORead(0x71, 1), PIOWrite(0x70, 0x0B, 1),
+            PIOWrite(0x71, 0x00, 1)]
 
     @pytest.mark.parametrize(("machine_args", "first", "clock"), [
         ("-M q35,hpet=off -cpu host", [], PIORead(0x608, 4)),  # the ACPI PM timer
-        ("-M q35,hpet=on -cpu host", [MMIOWrite(HPET_CFG, 1, 4)], MMIORead(HPET_COUNTER, 4)),  # the HPET, 32-bit
+        # the HPET, 32-bit (enabled in legacy replacement mode: it also drives the clock tick)
+        ("-M q35,hpet=on -cpu host", [MMIOWrite(HPET_CFG, 3, 4)], MMIORead(HPET_COUNTER, 4)),
         ("-M pc,hpet=off", [], PIORead(0x608, 4)),
     ])
     def test_boot_reads_the_clock_windows_would(self, machine_args: str, first: list[Exit], clock: Exit) -> None:
@@ -305,14 +311,52 @@ class TestPrograms:
         ticks = iter(range(0, 10**6, 4))
         prog = drive(m.workload.program(m, 0, random.Random(0)), 10_000, lambda e: next(ticks) if e == clock else 0)
         assert prog[:len(first)] == first
-        reads = {e for e in prog if isinstance(e, (MMIORead, PIORead)) and e != PIORead(0x71, 1)}
+        tick_registers = (PIORead(0x71, 1), MMIORead(HPET_T0_CFG, 4), MMIORead(HPET_T0_CMP, 4))
+        reads = {e for e in prog if isinstance(e, (MMIORead, PIORead)) and e not in tick_registers}
         assert reads == {clock}
 
     def test_boot_with_hv_time_reads_the_reference_tsc_page_without_exits(self) -> None:
         params = " ".join(f"--param {k}={v}" for k, v in {**self.BOOT, "pci_slots": 0}.items())
         r = simulate(MachineConfig.parse(f"-M q35,hpet=on -cpu host,hv-time -smp 2 {SPLIT} --workload boot {params}"))
         assert r.finished
-        assert all("hpet" not in v.exits_by_region and "acpi-tmr" not in v.exits_by_region for v in r.vcpus)
+        bsp, ap = r.vcpus
+        assert "hpet" not in ap.exits_by_region and "acpi-tmr" not in ap.exits_by_region
+        # the BSP touches the HPET only for its clock tick (hv-time gives no synthetic timers)
+        assert "acpi-tmr" not in bsp.exits_by_region and bsp.exits_by_region["hpet"] > 0
+        assert bsp.interrupts == 1  # the tick
+
+    def test_rtc_rate_nearest_the_tick(self) -> None:
+        # 2**(c-1) cycles of 32.768 kHz: c=4 is 244 us, c=6 976.6 us, c=10 15.625 ms (Windows' 64 Hz)
+        assert [rtc_rate_code(ns) for ns in (1, 200_000, 1_000_000, 15_625_000, 10**10)] == [3, 4, 6, 10, 15]
+
+    def test_clock_tick_on_the_hpet_is_windows_sequence_and_reprograms_when_late(self) -> None:
+        m = machine(f"-M q35,hpet=on -smp 1 {SPLIT} --workload boot", **self.BOOT)
+        tick = ClockTick(m, 1_000)  # 100 HPET ticks
+        counter = iter([5_000, 5_050])  # the closing read, 5,050, is before the comparator (5,100): armed
+        seq = drive(tick.idle(), 100, lambda e: next(counter) if e == MMIORead(HPET_COUNTER, 4) else 0)
+        cfg, cmp = HPET_T0_CFG, HPET_T0_CMP
+        assert seq == [MMIORead(HPET_COUNTER, 4), MMIORead(cfg, 4), MMIOWrite(cfg, 0x134, 4), MMIOWrite(cmp, 5_100, 4),
+                       MMIOWrite(cfg, 0x134, 4), MMIORead(cmp, 4), MMIORead(HPET_COUNTER, 4), WaitForVector(0x30)]
+        late = iter([5_000, 5_100, 6_000, 6_150])  # the counter reached the comparator: again, 200 ticks ahead
+        seq = drive(tick.idle(), 100, lambda e: next(late) if e == MMIORead(HPET_COUNTER, 4) else 0)
+        assert MMIOWrite(cmp, 5_100, 4) in seq and MMIOWrite(cmp, 6_200, 4) in seq and seq[-1] == WaitForVector(0x30)
+
+    @pytest.mark.parametrize(("hpet", "device"), [("on", "hpet"), ("off", "mc146818rtc")])
+    def test_the_clock_owner_idles_on_the_platform_timer(self, hpet: str, device: str) -> None:
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        m = machine(f"-M q35,hpet={hpet} -smp 2 {SPLIT} --workload boot")
+        clock.run(run_machine(m))
+        assert all(c.finished for c in m.vcpus)
+        bsp, ap = m.vcpus
+        phases = m.workload.params["phases"]
+        assert bsp.interrupts == phases and ap.interrupts == phases + 2  # ap: startup, go and LAPIC ticks
+        dev = next(d for d in m.devices if d.type_name == device)
+        if device == "hpet":
+            assert dev.irq_raises == phases
+        else:
+            assert dev.cmos[0x0B] & 0x40 == 0  # PIE off again after each idle
 
     def test_boot_bsp_starts_the_aps_one_at_a_time(self) -> None:
         m = machine(f"-M q35,hpet=off -smp 3 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})
