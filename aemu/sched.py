@@ -215,10 +215,12 @@ class HostCPUs:
             fut = t._wakeup = loop.create_future()
             q = self.woken if t.blocked else self.queue
             q.append(t)
-            if t.ready and not t.spinning and self.spinners:  # a spinner's next pause-loop exit finds it
-                poke = self.spinners[0]._poke
-                if poke is not None and not poke.done():
-                    poke.set_result(None)
+            if t.ready and not t.spinning:  # a spinner's next pause-loop exit finds it
+                for s in self.spinners:
+                    poke = s._poke
+                    if poke is not None and not poke.done():
+                        poke.set_result(None)
+                        break
             t0 = now_ns()
             try:
                 await fut
