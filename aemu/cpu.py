@@ -198,8 +198,8 @@ class SpinUntil:
     """Spin with PAUSE until ``barrier`` is full: guest time on the vCPU's host CPU.
 
     The loop's pause-loop exits are KVM's (``kvm_vcpu_on_spin``, virt/kvm/kvm_main.c): each
-    offers the host CPU to another vCPU of the VM that is ready (:meth:`aemu.sched.HostThread.spin`);
-    none goes to QEMU, none takes a lock.
+    offers the host CPU to another vCPU of the VM that is ready
+    (:meth:`aemu.sched.HostThread.spin`); none goes to QEMU, none takes a lock.
     """
 
     barrier: GuestBarrier

@@ -21,7 +21,9 @@ handler work under a lock: what ``QuantumKeeper.sync`` sleeps) runs on a CPU; th
   on a QEMU futex, or is preempted while QEMU handles its exit (holding the BQL, say), is
   outside ``KVM_RUN`` (its preempt notifier is unregistered by ``vcpu_put``) and is never a
   target: spinners keep their CPUs while it waits. A spinner is not a target either (KVM's
-  ``dy_eligible`` skips vCPUs in a spin loop).
+  ``dy_eligible`` skips vCPUs in a spin loop). The exits come at KVM's window
+  (:data:`PLE_WINDOW_NS`), which doubles after each exit and resets when the thread is next
+  scheduled in.
 
 The slice is EEVDF's (Linux >= 6.6, kernel/sched/fair.c): ``sysctl_sched_base_slice`` 0.75 ms
 scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_update_scaling``),
@@ -46,6 +48,12 @@ from .errors import ConfigError
 __all__ = ["HostCPUs", "HostThread", "eevdf_slice_ns"]
 
 BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_granularity (CFS)
+#: KVM's pause-loop exiting window: KVM_VMX_DEFAULT_PLE_WINDOW, 4096 cycles (arch/x86/kvm/x86.h),
+#: at the ~2.75 GHz the kernel-exit cost implies (~1,100 cycles in 0.4 us); it doubles after each
+#: exit (KVM_DEFAULT_PLE_WINDOW_GROW 2) up to KVM_VMX_DEFAULT_PLE_WINDOW_MAX, UINT_MAX cycles, and
+#: is back at the base when the thread is scheduled in (KVM_DEFAULT_PLE_WINDOW_SHRINK 0).
+PLE_WINDOW_NS = 1_500
+PLE_WINDOW_MAX_NS = 1_560_000_000
 
 
 def eevdf_slice_ns(ncpus: int) -> int:
@@ -63,8 +71,8 @@ class Books(Protocol):
 class HostThread:
     """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
 
-    __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "_poke", "preemptions", "ready", "spinning",
-                 "in_guest", "blocked")
+    __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions", "ready", "spinning", "in_guest",
+                 "blocked")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -81,7 +89,6 @@ class HostThread:
         self.in_guest = True
         self.blocked = False  # asleep (futex, HLT): when woken it queues ahead of preempted threads
         self._wakeup: asyncio.Future[None] | None = None  # set when a queued thread gets a CPU
-        self._poke: asyncio.Future[None] | None = None  # set when a spinner should look for a target
 
     async def run(self, ns: int) -> None:
         """Spend ``ns`` of CPU time: queue for a CPU if it has none, be preempted at slice ends."""
@@ -127,44 +134,49 @@ class HostThread:
             self.host.release(self)
 
     async def spin(self, done: asyncio.Future[None]) -> int:
-        """Spin on a CPU until ``done``: preempted at slice ends like any thread; at a pause-loop
-        exit (taken as soon as a ready vCPU queues: the PLE window is ~1.5 us) the CPU goes to
-        that vCPU and this one queues again. Returns how many times it handed its CPU over."""
+        """Spin on a CPU until ``done``, as KVM runs a PAUSE loop: preempted at slice ends like any
+        thread; at each pause-loop exit the CPU goes to a ready vCPU if one is queued (and this
+        one queues again), else the window doubles (``grow_ple_window``) until the thread is
+        next scheduled in (``shrink_ple_window`` back to the base). Returns how many times it
+        handed its CPU over."""
         host = self.host
         loop = asyncio.get_running_loop()
         yields = 0
+        window = PLE_WINDOW_NS
         self.spinning = True
         try:
             while not done.done():
                 if not self.on_cpu:
                     await host.dispatch(self)
-                    continue
-                target = host.yield_target()
-                if target is not None:  # kvm_vcpu_on_spin: yield_to the ready vCPU
-                    yields += 1
-                    host.yields += 1
-                    self.on_cpu = False
-                    host.grant(target)
+                    window = PLE_WINDOW_NS  # scheduled in: the window is back at the base
                     continue
                 left = host.slice_ns - self.ran_ns
                 if left <= 0:  # preempted inside KVM_RUN, but a spinner: not a target
                     self._slice_end()
                     continue
-                # spin until done, the slice's end, or a ready vCPU queuing (HostCPUs.dispatch)
-                poke = self._poke = loop.create_future()
+                # spin until done, the next pause-loop exit or the slice's end
+                wait = min(window, left)
+                stop = loop.create_future()
                 t0 = now_ns()
-                slice_end = call_at_ns(t0 + left, _settle, poke)
-                wake = lambda _: _settle(poke)  # noqa: E731
+                timer = call_at_ns(t0 + wait, _settle, stop)
+                wake = lambda _: _settle(stop)  # noqa: E731
                 done.add_done_callback(wake)
-                host.spinners.append(self)
                 try:
-                    await poke
+                    await stop
                 finally:
-                    host.spinners.remove(self)
                     done.remove_done_callback(wake)
-                    slice_end.cancel()
-                    self._poke = None
+                    timer.cancel()
                     self.ran_ns += now_ns() - t0
+                if done.done() or wait < window:
+                    continue
+                target = host.yield_target()  # a pause-loop exit: kvm_vcpu_on_spin
+                if target is not None:
+                    yields += 1
+                    host.yields += 1
+                    self.on_cpu = False
+                    host.grant(target)
+                else:
+                    window = min(window * 2, PLE_WINDOW_MAX_NS)
         finally:
             self.spinning = False
         return yields
@@ -181,7 +193,7 @@ def _settle(fut: asyncio.Future[None]) -> None:
 class HostCPUs:
     """``n`` physical CPUs shared by the threads attached to them (see the module docstring)."""
 
-    __slots__ = ("n", "slice_ns", "free", "queue", "woken", "threads", "dispatches", "yields", "spinners")
+    __slots__ = ("n", "slice_ns", "free", "queue", "woken", "threads", "dispatches", "yields")
 
     def __init__(self, n: int, slice_ns: int | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -194,7 +206,6 @@ class HostCPUs:
         self.threads: list[HostThread] = []
         self.dispatches = 0
         self.yields = 0
-        self.spinners: list[HostThread] = []  # threads spinning on a CPU (HostThread.spin)
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -215,12 +226,6 @@ class HostCPUs:
             fut = t._wakeup = loop.create_future()
             q = self.woken if t.blocked else self.queue
             q.append(t)
-            if t.ready and not t.spinning:  # a spinner's next pause-loop exit finds it
-                for s in self.spinners:
-                    poke = s._poke
-                    if poke is not None and not poke.done():
-                        poke.set_result(None)
-                        break
             t0 = now_ns()
             try:
                 await fut

@@ -184,6 +184,47 @@ def test_directed_yield_goes_only_to_a_ready_vcpu() -> None:
 
     for name, (in_guest, futex) in cases.items():
         clock.run(main(name, in_guest, futex))
-    # the ready vCPU gets the CPU as soon as it queues; the others wait for the spinner's slice end
-    assert got == {"preempted in KVM_RUN": (1, 11_001), "preempted in QEMU": (0, 1 * MS + 1_000),
+    # the ready vCPU queues at 10,001 ns and gets the CPU at the spinner's next pause-loop exit:
+    # the window starts at 1,500 ns and doubles after each exit that found nobody (exits at 1,501,
+    # 4,501 and 10,501 ns); the others wait for the spinner's slice to end at 1 ms
+    assert got == {"preempted in KVM_RUN": (1, 11_501), "preempted in QEMU": (0, 1 * MS + 1_000),
                    "woken from a futex": (0, 1 * MS + 1_000)}
+
+
+def test_the_ple_window_grows_while_nobody_is_ready_and_resets_when_scheduled_in() -> None:
+    """KVM doubles a spinner's pause-loop window after each exit (grow_ple_window) and puts it
+    back at the base when the thread is next scheduled in (shrink_ple_window)."""
+    ran: dict[str, int] = {}
+
+    async def main() -> None:
+        import asyncio
+
+        host = HostCPUs(1, slice_ns=1 * MS)
+        spinner, b, c = host.thread("spinner"), host.thread("b"), host.thread("c")
+        await spinner.run(1)
+        done = asyncio.get_running_loop().create_future()
+
+        async def busy_in_qemu() -> None:  # queued, not ready: it gets the CPU at the slice's end
+            await clock.sleep_ns(100)
+            b.in_guest = False
+            await b.run(500_000)
+            ran["b"] = clock.now_ns()
+            b.block()
+
+        async def ready_later() -> None:
+            await clock.sleep_ns(1_600_000)
+            c.ready = True  # as a preemption inside KVM_RUN leaves it
+            await c.run(1_000)
+            ran["c"] = clock.now_ns()
+            c.block()
+            done.set_result(None)
+
+        asyncio.ensure_future(busy_in_qemu())
+        asyncio.ensure_future(ready_later())
+        await spinner.spin(done)
+
+    clock.run(main())
+    # b runs from the slice's end (1 ms) to 1.5 ms; the spinner is back at 1.5 ms with a 1,500 ns
+    # window again: exits at 1,501,500, 1,504,500, ..., 1,594,500 and 1,690,500 ns, where it finds
+    # c (queued at 1.6 ms). Without the reset its window would have been past 1 ms.
+    assert ran == {"b": 1_500_000, "c": 1_691_500}
