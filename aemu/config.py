@@ -18,6 +18,7 @@ from typing import Any
 from .costs import CostModel
 from .errors import ConfigError
 from .patches import PATCHES
+from .sched import HOST_SCHEDULERS
 from .sync.policy import POLICIES
 
 __all__ = ["MachineConfig", "OPTIONS_WITH_VALUE", "SMP", "SERIES", "parse_duration"]
@@ -32,6 +33,7 @@ MACHINES = ("q35", "pc")
 IRQCHIP_MODES = ("on", "off", "split")
 #: The BQL's hand-off policies (--lock-policy): the names of aemu.sync.policy.POLICIES.
 LOCK_POLICIES = tuple(POLICIES)
+HOST_SCHEDS = tuple(HOST_SCHEDULERS)
 #: QEMU options that are accepted and ignored (they change nothing aemu models).
 _IGNORED_WITH_VALUE = {"-m", "-display", "-name", "-vga"}
 #: ``-cpu`` models aemu accepts, and the CPU flags it models (QEMU docs/system/i386/hyperv.rst).
@@ -135,6 +137,8 @@ class MachineConfig:
     duration_ns: int | None = None
     #: physical CPUs the machine's threads share (``--host-cpus``); None: one per thread
     host_cpus: int | None = None
+    #: how the host kernel schedules them (``--host-sched``): eevdf (Linux >= 6.6) or cfs (older)
+    host_sched: str = "eevdf"
     #: ``-cpu host,hv-time``: the Hyper-V reference TSC page (a clock the guest reads with no exit)
     hv_time: bool = False
 
@@ -159,6 +163,8 @@ class MachineConfig:
         if self.host_cpus is not None and (isinstance(self.host_cpus, bool) or not isinstance(self.host_cpus, int)
                                            or not 1 <= self.host_cpus <= MAX_CPUS):
             raise ConfigError(f"--host-cpus: must be an integer from 1 to {MAX_CPUS}, got {self.host_cpus!r}")
+        if self.host_sched not in HOST_SCHEDS:
+            raise ConfigError(f"--host-sched: {self.host_sched!r}; accepted: {', '.join(HOST_SCHEDS)}")
         if self.duration_ns is not None and self.duration_ns <= 0:
             raise ConfigError(f"--duration: must be positive, got {self.duration_ns} ns")
 
@@ -182,7 +188,8 @@ class MachineConfig:
             "workload_params": dict(self.workload_params), "series": self.series,
             "patches": sorted(self.patches, key=list(PATCHES).index), "lockless": list(self.lockless),
             "lock_policy": self.lock_policy, "seed": self.seed, "quantum_ns": self.quantum_ns,
-            "duration_ns": self.duration_ns, "host_cpus": self.host_cpus, "hv_time": self.hv_time,
+            "duration_ns": self.duration_ns, "host_cpus": self.host_cpus,
+            "host_sched": self.host_sched, "hv_time": self.hv_time,
             "costs": self.costs.to_dict(),
         }
 
@@ -259,6 +266,8 @@ class MachineConfig:
                 kw["lock_policy"] = inline
             elif opt == "--host-cpus":
                 kw["host_cpus"] = _int(opt, inline)
+            elif opt == "--host-sched":
+                kw["host_sched"] = inline
             elif opt == "--param":
                 key, eq2, val = inline.partition("=")
                 if not eq2 or not key:
@@ -279,7 +288,7 @@ class MachineConfig:
 
 
 _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs", "--seed", "--quantum",
-                    "--duration", "--lock-policy", "--param", "--host-cpus"}
+                    "--duration", "--lock-policy", "--param", "--host-cpus", "--host-sched"}
 
 #: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
 #: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.

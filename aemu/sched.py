@@ -30,8 +30,13 @@ scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_up
 3 ms on 8 or more CPUs; under CFS, ``sched_min_granularity`` scales the same way to the same
 3 ms, which is the slice whenever more than ``sched_latency/min_granularity`` = 8 threads share
 a CPU. The run queue is FIFO, woken threads first, for all CPUs. Assumptions: load balancing is
-perfect (a thread runs on whichever CPU frees first), all threads have the default weight (nice
-0), and a woken thread waits for the next reschedule (no wake-up preemption of a running one).
+perfect (a thread runs on whichever CPU frees first) and all threads have the default weight
+(nice 0). What a wake-up does when no CPU is idle is the policy (``--host-sched``): under
+:class:`EEVDF`, the default, the woken thread waits for the next reschedule (no wake-up
+preemption of a running one); under :class:`CFS` (Linux < 6.6) it preempts the thread on the CPU
+it last ran on if that one has run far enough ahead of it (sleeper credit and wake-up
+granularity). The host kernel of the series' measurements is not stated, and the boot's figures
+depend on this choice (README, "Host CPUs").
 With at least as many CPUs as threads (the vCPUs and the main loop) nobody ever queues and the
 model costs nothing: the machine then attaches no :class:`HostThread` at all.
 """
@@ -40,12 +45,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .clock import call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
 
-__all__ = ["HostCPUs", "HostThread", "eevdf_slice_ns"]
+__all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "HostCPUs", "HostScheduler", "HostThread", "eevdf_slice_ns"]
 
 BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_granularity (CFS)
 #: KVM's pause-loop exiting window: KVM_VMX_DEFAULT_PLE_WINDOW, 4096 cycles (arch/x86/kvm/x86.h),
@@ -72,7 +77,7 @@ class HostThread:
     """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
 
     __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions", "ready", "spinning", "in_guest",
-                 "blocked")
+                 "blocked", "cpu", "last_cpu", "vruntime", "_stop", "_t0")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -89,32 +94,72 @@ class HostThread:
         self.in_guest = True
         self.blocked = False  # asleep (futex, HLT): when woken it queues ahead of preempted threads
         self._wakeup: asyncio.Future[None] | None = None  # set when a queued thread gets a CPU
+        self.cpu = -1  # the CPU it runs on, -1 when off CPU
+        self.last_cpu = -1  # the CPU it ran on last (where a wake-up lands when no CPU is idle)
+        self.vruntime = 0  # CPU time used (nice 0: vruntime is runtime), as placed at wake-ups by CFS
+        self._stop: asyncio.Future[None] | None = None  # the CPU stretch it is in, settled early by a preemption
+        self._t0 = 0  # when that stretch began
 
     async def run(self, ns: int) -> None:
-        """Spend ``ns`` of CPU time: queue for a CPU if it has none, be preempted at slice ends."""
+        """Spend ``ns`` of CPU time: queue for a CPU if it has none, be preempted at slice ends
+        (and, under a policy with wake-up preemption, when a woken thread takes its CPU)."""
         host = self.host
         while True:
             if not self.on_cpu:
                 await host.dispatch(self)
             left = host.slice_ns - self.ran_ns
             if ns <= left:
-                self.ran_ns += ns
-                await sleep_ns(ns)
-                return
+                ns -= await self._stretch(ns)
+                if self.on_cpu:
+                    return
+                continue  # preempted by a wake-up: queue again for the rest
             if left > 0:
-                self.ran_ns += left
-                ns -= left
-                await sleep_ns(left)
+                ns -= await self._stretch(left)
+                if not self.on_cpu:
+                    continue
             self._slice_end()
+
+    async def _stretch(self, ns: int, done: asyncio.Future[None] | None = None) -> int:
+        """Hold the CPU for ``ns`` (or until ``done``, or a wake-up preemption); returns the CPU
+        time used, booked to the slice and to ``vruntime``."""
+        t0 = self._t0 = now_ns()
+        if done is None:
+            fut = sleep_ns(ns)
+            if not isinstance(fut, asyncio.Future):  # jumped ahead at once: nothing else could run
+                await fut
+                self.ran_ns += ns
+                self.vruntime += ns
+                return ns
+            timer = None
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            timer = call_at_ns(t0 + ns, _settle, fut)
+            wake = lambda _: _settle(fut)  # noqa: E731
+            done.add_done_callback(wake)
+        self._stop = fut
+        try:
+            await fut
+        finally:
+            self._stop = None
+            if timer is not None:
+                timer.cancel()
+                done.remove_done_callback(wake)  # type: ignore[union-attr]
+            # the whole stretch unless cut short (a real-time loop's clock would add its jitter)
+            ran = ns if done is None and self.on_cpu else min(max(now_ns() - t0, 0), ns)
+            self.ran_ns += ran
+            self.vruntime += ran
+        return ran
+
+    def vruntime_now(self) -> int:
+        """``vruntime`` including the stretch it is in (CFS's ``update_curr``)."""
+        return self.vruntime + (now_ns() - self._t0 if self._stop is not None else 0)
 
     def _slice_end(self) -> None:
         """The slice is used up: preempted if somebody waits (KVM marks the vCPU ready if that
         happens inside KVM_RUN), else a new slice on the same CPU."""
         host = self.host
         if host.queue or host.woken:
-            self.preemptions += 1
-            host.release(self)
-            self.ready = self.in_guest
+            host.preempt(self)
         else:
             self.ran_ns = 0
 
@@ -140,7 +185,6 @@ class HostThread:
         next scheduled in (``shrink_ple_window`` back to the base). Returns how many times it
         handed its CPU over."""
         host = self.host
-        loop = asyncio.get_running_loop()
         yields = 0
         window = PLE_WINDOW_NS
         self.spinning = True
@@ -154,27 +198,17 @@ class HostThread:
                 if left <= 0:  # preempted inside KVM_RUN, but a spinner: not a target
                     self._slice_end()
                     continue
-                # spin until done, the next pause-loop exit or the slice's end
+                # spin until done, the next pause-loop exit, the slice's end or a preemption
                 wait = min(window, left)
-                stop = loop.create_future()
-                t0 = now_ns()
-                timer = call_at_ns(t0 + wait, _settle, stop)
-                wake = lambda _: _settle(stop)  # noqa: E731
-                done.add_done_callback(wake)
-                try:
-                    await stop
-                finally:
-                    done.remove_done_callback(wake)
-                    timer.cancel()
-                    self.ran_ns += now_ns() - t0
+                if await self._stretch(wait, done) < wait or not self.on_cpu:
+                    continue
                 if done.done() or wait < window:
                     continue
                 target = host.yield_target()  # a pause-loop exit: kvm_vcpu_on_spin
                 if target is not None:
                     yields += 1
                     host.yields += 1
-                    self.on_cpu = False
-                    host.grant(target)
+                    host.grant(target, self)
                 else:
                     window = min(window * 2, PLE_WINDOW_MAX_NS)
         finally:
@@ -190,22 +224,81 @@ def _settle(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class HostScheduler(Protocol):
+    """A host scheduling policy: what a wake-up does when no CPU is idle."""
+
+    name: str
+
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None: ...
+
+
+class EEVDF:
+    """Linux >= 6.6 (the default): a woken thread waits for the next reschedule. EEVDF's
+    ``RUN_TO_PARITY`` keeps the current thread while it is eligible, so the model has no
+    wake-up preemption of a running one."""
+
+    name = "eevdf"
+
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None:
+        """The running thread that woken ``t`` preempts, or None."""
+        return None
+
+
+class CFS:
+    """Linux < 6.6 (kernel/sched/fair.c): a woken thread is placed with the sleeper's credit
+    (``place_entity``: vruntime = max(its own, min_vruntime - sched_latency / 2), the halving is
+    ``GENTLE_FAIR_SLEEPERS``) and preempts the thread running on the CPU it lands on if that one
+    is more than ``sched_wakeup_granularity`` ahead (``check_preempt_wakeup``,
+    ``wakeup_preempt_entity``). Both tunables scale like the slice: 6 ms and 1 ms x (1 +
+    ilog2(min(ncpus, 8))). With no idle CPU the wake-up lands on the CPU the thread last ran on
+    (``select_task_rq_fair``'s ``prev_cpu``; assumption: no wake-affine pull to the waker's CPU)."""
+
+    name = "cfs"
+
+    def __init__(self, ncpus: int) -> None:
+        factor = eevdf_slice_ns(ncpus) // BASE_SLICE_NS
+        self.sleeper_credit_ns = 6_000_000 * factor // 2
+        self.wakeup_gran_ns = 1_000_000 * factor
+        self.min_vruntime = 0  # cfs_rq->min_vruntime: never goes back
+
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None:
+        """Place woken ``t``; the running thread it preempts, or None."""
+        running = [c.vruntime_now() for c in host.curr if c is not None]
+        queued = [q.vruntime for q in (*host.queue, *host.woken)]
+        self.min_vruntime = max(self.min_vruntime, min(running + queued, default=self.min_vruntime))
+        t.vruntime = max(t.vruntime, self.min_vruntime - self.sleeper_credit_ns)
+        curr = host.curr[t.last_cpu] if t.last_cpu >= 0 else None
+        if curr is None or curr._stop is None:  # not in a stretch of CPU time at this instant
+            return None
+        return curr if curr.vruntime_now() - t.vruntime > self.wakeup_gran_ns else None
+
+
+#: ``--host-sched`` names -> policy factories (taking the number of CPUs).
+HOST_SCHEDULERS: dict[str, Callable[[int], HostScheduler]] = {"eevdf": lambda n: EEVDF(), "cfs": CFS}
+
+
 class HostCPUs:
     """``n`` physical CPUs shared by the threads attached to them (see the module docstring)."""
 
-    __slots__ = ("n", "slice_ns", "free", "queue", "woken", "threads", "dispatches", "yields")
+    __slots__ = ("n", "slice_ns", "free", "curr", "queue", "woken", "threads", "dispatches", "yields", "policy",
+                 "wakeup_preemptions")
 
-    def __init__(self, n: int, slice_ns: int | None = None) -> None:
+    def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf") -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"host CPUs must be a positive integer, got {n!r}")
+        if policy not in HOST_SCHEDULERS:
+            raise ConfigError(f"host scheduler must be one of {', '.join(HOST_SCHEDULERS)}, got {policy!r}")
         self.n = n
         self.slice_ns = eevdf_slice_ns(n) if slice_ns is None else slice_ns
-        self.free = n
+        self.policy = HOST_SCHEDULERS[policy](n)
+        self.free = list(range(n - 1, -1, -1))  # idle CPUs, taken from the end
+        self.curr: list[HostThread | None] = [None] * n  # what each CPU runs
         self.queue: deque[HostThread] = deque()  # preempted (and yielding) threads
         self.woken: deque[HostThread] = deque()  # threads woken from a sleep: served first
         self.threads: list[HostThread] = []
         self.dispatches = 0
         self.yields = 0
+        self.wakeup_preemptions = 0
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -214,13 +307,17 @@ class HostCPUs:
         return t
 
     async def dispatch(self, t: HostThread) -> int:
-        """Give ``t`` a CPU: a free one at once, else wait in the run queue; returns the wait
-        (runnable time, booked to the thread)."""
+        """Give ``t`` a CPU: an idle one at once, else (woken, under CFS) a preempted thread's,
+        else wait in the run queue; returns the wait (runnable time, booked to the thread)."""
         waited = 0
         if t.on_cpu:
             return 0
         if self.free and not self.queue and not self.woken:
-            self.free -= 1
+            t.cpu = self.free.pop()
+        elif t.blocked and (victim := self.policy.wakeup_preempt(self, t)) is not None:
+            self.wakeup_preemptions += 1
+            t.cpu = victim.cpu
+            self.preempt(victim, hand_on=False)
         else:
             loop = asyncio.get_running_loop()
             fut = t._wakeup = loop.create_future()
@@ -234,13 +331,16 @@ class HostCPUs:
                 if t in q:
                     q.remove(t)
                 elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
-                    self._hand_on()
+                    self._hand_on(t.cpu)
+                    t.cpu = -1
                 raise
             finally:  # the wait is booked even when the run ends (cap, Ctrl-C) while it queues
                 waited = now_ns() - t0
                 if t.books is not None:
                     t.books.runnable_ns += waited
             t._wakeup = None
+        self.curr[t.cpu] = t
+        t.last_cpu = t.cpu
         t.on_cpu = True
         t.ready = t.blocked = False
         t.ran_ns = 0
@@ -248,19 +348,38 @@ class HostCPUs:
         return waited
 
     def release(self, t: HostThread) -> None:
-        """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes free
+        """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes idle
         (a preempted ``t`` then queues at the tail when it next needs a CPU)."""
+        cpu = t.cpu
         t.on_cpu = False
-        self._hand_on()
+        t.cpu = -1
+        self.curr[cpu] = None
+        self._hand_on(cpu)
 
-    def _hand_on(self) -> None:
+    def preempt(self, t: HostThread, hand_on: bool = True) -> None:
+        """Take ``t``'s CPU (slice end, or a wake-up preemption that takes the CPU itself when not
+        ``hand_on``); KVM marks the vCPU ready if this happens inside KVM_RUN."""
+        t.preemptions += 1
+        t.ready = t.in_guest
+        if t._stop is not None:  # cut the stretch it is in short
+            _settle(t._stop)
+            t._stop = None
+        if hand_on:
+            self.release(t)
+        else:
+            t.on_cpu = False
+            self.curr[t.cpu] = None
+            t.cpu = -1
+
+    def _hand_on(self, cpu: int) -> None:
         while self.woken or self.queue:
             nxt = (self.woken or self.queue).popleft()
             w = nxt._wakeup
             if w is not None and not w.done():
+                nxt.cpu = cpu
                 w.set_result(None)
                 return
-        self.free += 1
+        self.free.append(cpu)
 
     def yield_target(self) -> HostThread | None:
         """The queued vCPU a pause-loop exit would yield to: ready, not spinning itself (KVM's
@@ -271,14 +390,18 @@ class HostCPUs:
                     return t
         return None
 
-    def grant(self, t: HostThread) -> None:
-        """Hand a CPU that is being given up to queued ``t``."""
+    def grant(self, t: HostThread, giver: HostThread) -> None:
+        """Hand the CPU ``giver`` is giving up to queued ``t`` (a directed yield)."""
         (self.woken if t in self.woken else self.queue).remove(t)
         assert t._wakeup is not None
+        t.cpu = giver.cpu
+        self.curr[giver.cpu] = None
+        giver.on_cpu = False
+        giver.cpu = -1
         t._wakeup.set_result(None)
 
     def statistics(self) -> dict[str, int]:
         """Dispatches, preemptions and the run queue's length now."""
         return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
                 "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queue) + len(self.woken),
-                "directed_yields": self.yields}
+                "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions}

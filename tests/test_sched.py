@@ -228,3 +228,71 @@ def test_the_ple_window_grows_while_nobody_is_ready_and_resets_when_scheduled_in
     # window again: exits at 1,501,500, 1,504,500, ..., 1,594,500 and 1,690,500 ns, where it finds
     # c (queued at 1.6 ms). Without the reset its window would have been past 1 ms.
     assert ran == {"b": 1_500_000, "c": 1_691_500}
+
+
+def _wake_after(sleep_until_ns: int, policy: str) -> tuple[int, int]:
+    """c runs 0.1 ms and sleeps; a runs a 3 ms slice from 0.1 ms on the one CPU; c wakes at
+    ``sleep_until_ns``. Returns when c ran again and how many wake-up preemptions there were."""
+    ran_at: list[int] = []
+
+    async def main() -> int:
+        import asyncio
+
+        host = HostCPUs(1, slice_ns=3 * MS, policy=policy)
+        a, c = host.thread("a"), host.thread("c")
+
+        async def runner() -> None:
+            await a.run(5 * MS)
+            a.block()
+
+        async def sleeper() -> None:
+            await c.run(100_000)
+            c.block()
+            await clock.sleep_ns(sleep_until_ns - clock.now_ns())
+            await c.run(0)
+            ran_at.append(clock.now_ns())
+            await c.run(100_000)
+            c.block()
+
+        await asyncio.gather(sleeper(), runner())
+        assert a.vruntime == 5 * MS and c.vruntime == 200_000  # CPU time, all of it booked
+        return host.statistics()["wakeup_preemptions"]
+
+    preemptions = clock.run(main())
+    return ran_at[0], preemptions
+
+
+def test_cfs_a_woken_thread_preempts_the_one_on_its_cpu_when_far_enough_ahead() -> None:
+    """CFS on 1 CPU: sched_latency 6 ms (sleeper credit 3 ms), wakeup granularity 1 ms. c wakes
+    at 1.5 ms with vruntime 0.1 ms while a, on c's CPU, is at 1.4 ms: 1.3 ms ahead, so c runs
+    at once. EEVDF (no wake-up preemption) makes it wait for a's slice end at 3.1 ms."""
+    assert _wake_after(1_500_000, "cfs") == (1_500_000, 1)
+    assert _wake_after(1_500_000, "eevdf") == (3_100_000, 0)
+
+
+def test_cfs_a_short_sleeper_does_not_preempt() -> None:
+    """c wakes at 0.6 ms: a is 0.4 ms ahead of it, within the 1 ms granularity: c waits."""
+    assert _wake_after(600_000, "cfs") == (3_100_000, 0)
+
+
+def test_cfs_sleeper_credit_and_granularity_scale_with_the_cpus() -> None:
+    from aemu.sched import CFS
+
+    assert (CFS(1).sleeper_credit_ns, CFS(1).wakeup_gran_ns) == (3 * MS, 1 * MS)
+    assert (CFS(32).sleeper_credit_ns, CFS(32).wakeup_gran_ns) == (12 * MS, 4 * MS)
+
+
+def test_cfs_on_a_machine_books_all_time_and_differs_from_eevdf() -> None:
+    cfg = config("--series before --param reads=2000 --host-cpus 3")
+    eevdf = simulate(cfg)
+    cfs = simulate(cfg + " --host-sched cfs")
+    assert cfs.config.host_sched == "cfs" and eevdf.config.host_sched == "eevdf"
+    assert cfs.finished
+    for v in cfs.vcpus:
+        assert v.elapsed_ns == v.finish_ns - v.start_ns
+    assert cfs.virtual_ns != eevdf.virtual_ns
+
+
+def test_host_sched_must_be_known() -> None:
+    with pytest.raises(ConfigError, match="--host-sched: 'bfs'; accepted: eevdf, cfs"):
+        MachineConfig.parse(config("--host-sched bfs"))
