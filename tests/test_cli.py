@@ -26,6 +26,12 @@ def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]
     assert before > 10 * after
 
 
+def test_compare_names_a_host_scheduler_other_than_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
+                 "--host-cpus", "2", "--host-sched", "cfs"]) == 0
+    assert "on 2 host CPUs scheduled by CFS (boot)" in capsys.readouterr().out
+
+
 def test_run_prints_a_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "-smp", "2", "--workload", "pmtimer-bench", "--param", "reads=5", "--series", "before"]) == 0
     out = capsys.readouterr().out
