@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from .clock import call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
@@ -97,7 +97,7 @@ class HostThread:
         self.cpu = -1  # the CPU it runs on, -1 when off CPU
         self.last_cpu = -1  # the CPU it ran on last (where a wake-up lands when no CPU is idle)
         self.vruntime = 0  # CPU time used (nice 0: vruntime is runtime), as placed at wake-ups by CFS
-        self._stop: asyncio.Future[None] | None = None  # the CPU stretch it is in, settled early by a preemption
+        self._stop: Awaitable[None] | None = None  # the CPU stretch it is in, settled early by a preemption
         self._t0 = 0  # when that stretch began
 
     async def run(self, ns: int) -> None:
@@ -108,46 +108,30 @@ class HostThread:
             if not self.on_cpu:
                 await host.dispatch(self)
             left = host.slice_ns - self.ran_ns
-            if ns <= left:
-                ns -= await self._stretch(ns)
-                if self.on_cpu:
-                    return
-                continue  # preempted by a wake-up: queue again for the rest
-            if left > 0:
-                ns -= await self._stretch(left)
-                if not self.on_cpu:
+            last = ns <= left
+            step = ns if last else left
+            if last or step > 0:
+                self._t0 = now_ns()
+                self._stop = fut = sleep_ns(step)
+                await fut
+                if not self.on_cpu:  # preempted by a wake-up: queue again for the rest
+                    ns -= self._held(step, cut=True)
                     continue
+                self._stop = None
+                self.ran_ns += step
+                self.vruntime += step
+                if last:
+                    return
+                ns -= step
             self._slice_end()
 
-    async def _stretch(self, ns: int, done: asyncio.Future[None] | None = None) -> int:
-        """Hold the CPU for ``ns`` (or until ``done``, or a wake-up preemption); returns the CPU
-        time used, booked to the slice and to ``vruntime``."""
-        t0 = self._t0 = now_ns()
-        if done is None:
-            fut = sleep_ns(ns)
-            if not isinstance(fut, asyncio.Future):  # jumped ahead at once: nothing else could run
-                await fut
-                self.ran_ns += ns
-                self.vruntime += ns
-                return ns
-            timer = None
-        else:
-            fut = asyncio.get_running_loop().create_future()
-            timer = call_at_ns(t0 + ns, _settle, fut)
-            wake = lambda _: _settle(fut)  # noqa: E731
-            done.add_done_callback(wake)
-        self._stop = fut
-        try:
-            await fut
-        finally:
-            self._stop = None
-            if timer is not None:
-                timer.cancel()
-                done.remove_done_callback(wake)  # type: ignore[union-attr]
-            # the whole stretch unless cut short (a real-time loop's clock would add its jitter)
-            ran = ns if done is None and self.on_cpu else min(max(now_ns() - t0, 0), ns)
-            self.ran_ns += ran
-            self.vruntime += ran
+    def _held(self, step: int, cut: bool) -> int:
+        """Book a stretch of ``step`` on the CPU that has ended, or was ``cut`` short (a wake-up
+        preemption, a spin's end): the CPU time used, to the slice and to ``vruntime``."""
+        self._stop = None
+        ran = min(max(now_ns() - self._t0, 0), step) if cut else step
+        self.ran_ns += ran
+        self.vruntime += ran
         return ran
 
     def vruntime_now(self) -> int:
@@ -185,6 +169,7 @@ class HostThread:
         next scheduled in (``shrink_ple_window`` back to the base). Returns how many times it
         handed its CPU over."""
         host = self.host
+        loop = asyncio.get_running_loop()
         yields = 0
         window = PLE_WINDOW_NS
         self.spinning = True
@@ -200,9 +185,18 @@ class HostThread:
                     continue
                 # spin until done, the next pause-loop exit, the slice's end or a preemption
                 wait = min(window, left)
-                if await self._stretch(wait, done) < wait or not self.on_cpu:
-                    continue
-                if done.done() or wait < window:
+                self._t0 = t0 = now_ns()
+                self._stop = stop = loop.create_future()
+                timer = call_at_ns(t0 + wait, _settle, stop)
+                wake = lambda _: _settle(stop)  # noqa: E731
+                done.add_done_callback(wake)
+                try:
+                    await stop
+                finally:
+                    done.remove_done_callback(wake)
+                    timer.cancel()
+                    self._held(wait, cut=True)
+                if not self.on_cpu or done.done() or wait < window:
                     continue
                 target = host.yield_target()  # a pause-loop exit: kvm_vcpu_on_spin
                 if target is not None:
@@ -361,9 +355,11 @@ class HostCPUs:
         ``hand_on``); KVM marks the vCPU ready if this happens inside KVM_RUN."""
         t.preemptions += 1
         t.ready = t.in_guest
-        if t._stop is not None:  # cut the stretch it is in short
-            _settle(t._stop)
+        stop = t._stop
+        if stop is not None:  # cut the stretch it is in short
             t._stop = None
+            if isinstance(stop, asyncio.Future):  # (a fast-forwarded sleep has already ended)
+                _settle(stop)
         if hand_on:
             self.release(t)
         else:
