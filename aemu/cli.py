@@ -188,8 +188,8 @@ def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
         ("--lockless", "REGION[,...]", "make I/O regions lockless too (a what-if); --lockless help"),
         ("--lock-policy", "|".join(LOCK_POLICIES), f"how the BQL is handed over [{d.lock_policy}]"),
         ("--host-cpus", "N", "physical CPUs the vCPU and main-loop threads share [one each]"),
-        ("--host-sched", "|".join(HOST_SCHEDS), f"how the host kernel shares them: EEVDF (Linux >= 6.6) or CFS "
-         f"(older, wake-up preemption) [{d.host_sched}]"),
+        ("--host-sched", "|".join(HOST_SCHEDS), f"how the host kernel shares the --host-cpus: EEVDF (Linux >= 6.6) "
+         f"or CFS (older, wake-up preemption) [{d.host_sched}]"),
         ("--costs", "FILE", "costs from a TOML file [built in; aemu costs shows them]"),
         ("--seed", "N", f"random seed [{d.seed}]"),
         ("--quantum", "TIME", f"how far a vCPU may run ahead of the others [{d.quantum_ns // 1000}us]"),

@@ -331,6 +331,11 @@ class TestRunReport:
             "wall time": f"{capped.wall_s:,.2f} s",
         }
 
+    def test_the_model_line_names_the_host_cpus_and_their_scheduler(self) -> None:
+        r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-sched cfs --param reads=10"))
+        model = next(line for line in section(render_run_report(r, plain=True), "aemu run") if "model" in line)
+        assert model.strip().split("  ", 1)[1].strip() == "BQL hand-off barging; quantum 10 µs; seed 1; 2 host CPUs, CFS"
+
     def test_plain_numbers(self, capped: Result) -> None:
         text = render_run_report(capped, plain=True)
         bql = capped.bql
