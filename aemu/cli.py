@@ -187,7 +187,7 @@ def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
         ("--patch", "[-]NAME[,...]", "turn a switch of the series on, or off with -NAME; --patch help"),
         ("--lockless", "REGION[,...]", "make I/O regions lockless too (a what-if); --lockless help"),
         ("--lock-policy", "|".join(LOCK_POLICIES), f"how the BQL is handed over [{d.lock_policy}]"),
-        ("--host-cpus", "N", "physical CPUs the vCPU and main-loop threads share [one each]"),
+        ("--host-cpus", "N", f"physical CPUs the vCPU and main-loop threads share [{d.host_cpus or 'one each'}]"),
         ("--host-sched", "|".join(HOST_SCHEDS), f"how the host kernel shares the --host-cpus: EEVDF (Linux >= 6.6) "
          f"or CFS (older, wake-up preemption) [{d.host_sched}]"),
         ("--costs", "FILE", "costs from a TOML file [built in; aemu costs shows them]"),
