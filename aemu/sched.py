@@ -113,7 +113,11 @@ class HostThread:
             if last or step > 0:
                 self._t0 = now_ns()
                 self._stop = fut = sleep_ns(step)
-                await fut
+                try:
+                    await fut
+                except BaseException:  # the run ends (cap, Ctrl-C) inside the stretch
+                    self._stop = None
+                    raise
                 if not self.on_cpu:  # preempted by a wake-up: queue again for the rest
                     ns -= self._held(step, cut=True)
                     continue

@@ -296,3 +296,22 @@ def test_cfs_on_a_machine_books_all_time_and_differs_from_eevdf() -> None:
 def test_host_sched_must_be_known() -> None:
     with pytest.raises(ConfigError, match="--host-sched: 'bfs'; accepted: eevdf, cfs"):
         MachineConfig.parse(config("--host-sched bfs"))
+
+
+def test_a_run_cancelled_inside_a_stretch_leaves_no_stretch_behind() -> None:
+    """A run that ends (cap, Ctrl-C) while a thread holds its CPU: nothing is left for a later
+    wake-up to preempt."""
+
+    async def main() -> None:
+        import asyncio
+
+        host = HostCPUs(1, policy="cfs")
+        t = host.thread("a")
+        task = asyncio.ensure_future(t.run(10 * MS))
+        await clock.sleep_ns(1 * MS)
+        assert t._stop is not None and t.vruntime_now() == 1 * MS
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert t._stop is None
+
+    clock.run(main())
