@@ -315,3 +315,19 @@ def test_a_run_cancelled_inside_a_stretch_leaves_no_stretch_behind() -> None:
         assert t._stop is None
 
     clock.run(main())
+
+
+def test_readme_host_scheduler_table_matches_the_code() -> None:
+    """README's table of the host scheduler's values says what aemu/sched.py uses."""
+    from pathlib import Path
+
+    from aemu.sched import CFS, PLE_WINDOW_MAX_NS, PLE_WINDOW_NS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in readme.splitlines()
+            if line.startswith("| ") and line.count("|") == 4}
+    assert eevdf_slice_ns(8) == 3 * MS and "3 ms on 8 or more CPUs" in rows["time slice"]
+    assert (PLE_WINDOW_NS, PLE_WINDOW_MAX_NS) == (1_500, 1_560_000_000)
+    assert rows["pause-loop window"].startswith("1,500 ns") and "1.56 s" in rows["pause-loop window"]
+    assert CFS(8).sleeper_credit_ns == 12 * MS and "12 ms on 8" in rows["CFS sleeper credit (`--host-sched cfs`)"]
+    assert CFS(8).wakeup_gran_ns == 4 * MS and "4 ms on 8" in rows["CFS wake-up granularity (`--host-sched cfs`)"]
