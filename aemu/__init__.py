@@ -15,6 +15,9 @@ The public API, re-exported here:
   :class:`CostModel`, guest exits (:class:`PIORead`, :class:`MMIORead`, :class:`Compute`,
   :class:`Halt`, ...), spin barriers in guest memory (:class:`GuestBarrier`, :class:`Arrive`,
   :class:`SpinUntil`) and :class:`Workload` for guest programs of your own;
+* host CPUs (:mod:`aemu.sched`): :class:`HostCPUs` shares N CPUs among :class:`HostThread` s in
+  time slices (lock-holder preemption, KVM's directed yield), with the wake-up policy
+  :class:`EEVDF` or :class:`CFS` (``--host-cpus``, ``--host-sched``);
 * the checker (:mod:`aemu.check`): :func:`check` runs a machine in checker mode and returns a
   :class:`CheckReport` whose ``findings`` name races, IRQ updates without the BQL and lock-order
   inversions (``aemu check``);
@@ -82,6 +85,7 @@ from .memory import (
 from .embed import Snapshot, live, run_realtime, simulate_async
 from .machine import Machine, simulate, simulate_machine
 from .result import Metric, Result
+from .sched import CFS, EEVDF, HostCPUs, HostThread
 from .sync import (
     ContentionPoint,
     Lock,
@@ -113,6 +117,7 @@ __all__ = [
     "SMP", "MachineConfig", "CostModel", "VCPU", "Compute", "GuestError", "Halt", "LAPICTimer",
     "MMIORead", "MMIOWrite", "PIORead", "PIOWrite", "SendIPI", "GuestBarrier", "Arrive", "SpinUntil",
     "Machine", "simulate", "simulate_machine",
+    "CFS", "EEVDF", "HostCPUs", "HostThread",
     "Result", "Workload", "Metric", "register_workload",
     "Snapshot", "live", "run_realtime", "simulate_async",
     "CheckReport", "Finding", "check",

@@ -7,7 +7,8 @@ import pytest
 from aemu import MachineConfig, clock, simulate
 from aemu.errors import ConfigError
 from aemu.machine import Machine
-from aemu.sched import HostCPUs, eevdf_slice_ns
+from aemu import HostCPUs
+from aemu.sched import eevdf_slice_ns
 
 MS = 1_000_000
 
