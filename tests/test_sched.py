@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aemu import MachineConfig, clock, simulate
+from aemu import HostCPUs, MachineConfig, clock, simulate
 from aemu.errors import ConfigError
 from aemu.machine import Machine
-from aemu import HostCPUs
 from aemu.sched import eevdf_slice_ns
 
 MS = 1_000_000
