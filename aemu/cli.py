@@ -34,6 +34,7 @@ import click
 
 from . import __version__
 from .compare import DEFAULT_ARGS as DEFAULT_COMPARE_ARGS
+from .sensitivity import DEFAULT_ARGS as DEFAULT_SENSITIVITY_ARGS
 
 if TYPE_CHECKING:
     from .config import MachineConfig
@@ -798,8 +799,7 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
 
 # -- sensitivity ------------------------------------------------------------------------------------------
 
-@cli.command(cls=_MachineCommand, defaults=["-M", "q35,hpet=off", "-smp", "32,sockets=4", "-accel",
-                                            "kvm,kernel-irqchip=split"], refuse={
+@cli.command(cls=_MachineCommand, defaults=DEFAULT_SENSITIVITY_ARGS.split(), refuse={
     "--workload": "sensitivity runs compare's boot and hpet-bench",
     "--series": "sensitivity runs both series; --patch -NAME takes a switch out of 'after'"})
 @click.option("--params", "params", metavar="LIST",
@@ -821,14 +821,14 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
     they are and with one cost at a time scaled by each factor, and prints a table of the boot's
     speed-up and the HPET read's median speed-up at each, most influential cost first, naming the
     costs the verdict depends on (a figure moves more than 10%) and those it does not. The
-    machine is compare's at -smp 32 (about half a minute on 2 cores); -smp 240,sockets=4 is the
-    series' size (about ten times longer). ARGS change the machine (see below).
+    machine is compare's, 240 vCPUs on 32 host CPUs (108 runs, about two minutes on 2 cores);
+    ARGS change it (see below), e.g. -smp 32,sockets=4 --host-cpus 4 for a smaller one.
     """
     from .batch import Failure, open_executor
     from .sensitivity import (DEFAULT_PARAMETERS, assemble, format_sensitivity, run_sensitivity,
                               sensitivity_configs)
 
-    argv = ["-M", "q35,hpet=off", "-smp", "32,sockets=4", "-accel", "kvm,kernel-irqchip=split", *args]
+    argv = [*DEFAULT_SENSITIVITY_ARGS.split(), *args]
     names = [n.strip() for n in params.split(",") if n.strip()] if params is not None else list(DEFAULT_PARAMETERS)
     try:
         fs = [float(f) for f in factors.split(",")]

@@ -64,7 +64,7 @@ def test_the_command_table_json_and_tornado(tmp_path: Path, capsys: pytest.Captu
                  "--params", ",".join(PARAMS), "--json", str(doc), "--plot", str(plots)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("aemu sensitivity: -M q35,hpet=off -smp 8,sockets=1,cores=8,threads=1,maxcpus=8 "
-                          "-accel kvm,kernel-irqchip=split --param phases=1 --param reads=50 (boot)")
+                          "-accel kvm,kernel-irqchip=split --param phases=1 --param reads=50 on 32 host CPUs (boot)")
     assert "(20 runs; local pool of 2 processes; wall time" in out
     d = json.loads(doc.read_text())
     assert d["schema"] == "aemu.sensitivity/1" and d["depends_on"] == ["costs.bql_handoff_ns"]
