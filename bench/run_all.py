@@ -13,7 +13,9 @@ Rows:
    and the largest relative difference in the statistics (metric, virtual time, BQL
    acquisitions, mean BQL wait);
 5. scaling, -smp 1 ... 4096: CPU seconds per virtual millisecond (hpet-bench after, 100 reads
-   per vCPU), per vCPU, and peak traced memory per vCPU (tracemalloc, separate untimed run).
+   per vCPU), per vCPU, and peak traced memory per vCPU (tracemalloc, separate untimed run);
+6. host CPUs: the boot before the series on compare's host (-smp 240 on 32 host CPUs; --quick:
+   64 on 8), under --host-sched eevdf and cfs: CPU seconds per virtual millisecond.
 
 Method: on a shared machine, timing SimPy and aemu seconds apart made the ratios swing 1.6x-4.6x
 between runs. Here every row runs once per round (round 1: every row once, round 2: every row
@@ -169,6 +171,10 @@ def main() -> None:
               row(cfg + " --quantum 0", f"4. {name} --quantum 0", _machine(cfg + " --quantum 0")))
              for name, cfg in decoupling]
     scale_rows = {n: row(cfg, f"5. scaling -smp {n}", _machine(cfg)) for n, cfg in scaling.items()}
+    host_cfg = (f"-M q35,hpet=off -cpu host -smp {smp},sockets=4 -accel kvm,kernel-irqchip=split "
+                f"--host-cpus {smp * 2 // 15} --workload boot --series before")  # compare's host at 240
+    host_rows = {sched: row(f"{host_cfg} --host-sched {sched}", f"6. host CPUs, {sched}",
+                            _machine(f"{host_cfg} --host-sched {sched}")) for sched in ("eevdf", "cfs")}
 
     print(f"aemu: {_source()}")
     print(f"Python {platform.python_version()}, SimPy {simpy.__version__}, {os.cpu_count()} CPUs; "
@@ -250,7 +256,14 @@ def main() -> None:
         print(f"   from -smp {n0} to {n1} ({label}): vCPUs x{n1 / n0:.0f}, time per virtual ms x{growth:.1f} "
               f"({'linear or better' if growth <= n1 / n0 * 1.05 else 'worse than linear'})")
 
-    print("raw CPU seconds per round (rows as in 1-5; a row shared by 2/3 and 4 is listed once):")
+    print(f"6. host CPUs (the boot before the series, -smp {smp} on {smp * 2 // 15} host CPUs), CPU seconds per "
+          "virtual ms, best / median:")
+    for sched, r in host_rows.items():
+        vms = r.figures["virtual_ns"] / 1e6
+        print(f"   --host-sched {sched:<5}: {r.best / vms:8.4f} / {r.median / vms:8.4f} s per virtual ms "
+              f"({vms:,.2f} virtual ms, {r.figures['bql_acq']:,} BQL acquisitions)")
+
+    print("raw CPU seconds per round (rows as in 1-6; a row shared by 2/3 and 4 is listed once):")
     for r in rows.values():
         print(f"   {r.label:<36} " + " ".join(f"{t:7.3f}" for t in r.times))
 
