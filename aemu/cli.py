@@ -171,7 +171,7 @@ class _MachineCommand(click.Command):
 def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
                          notes: Mapping[str, str]) -> list[tuple[str, str]]:
     """The machine options and what each defaults to (from MachineConfig, after ``defaults``)."""
-    from .config import HOST_SCHEDS, LOCK_POLICIES, MachineConfig
+    from .config import HOST_RQS, HOST_SCHEDS, LOCK_POLICIES, MachineConfig
 
     d = MachineConfig.parse(list(defaults))
     rows = [
@@ -189,6 +189,8 @@ def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
         ("--lockless", "REGION[,...]", "make I/O regions lockless too (a what-if); --lockless help"),
         ("--lock-policy", "|".join(LOCK_POLICIES), f"how the BQL is handed over [{d.lock_policy}]"),
         ("--host-cpus", "N", f"physical CPUs the vCPU and main-loop threads share [{d.host_cpus or 'one each'}]"),
+        ("--host-rq", "|".join(HOST_RQS), f"their run queues: one for all (perfect balancing) or one per CPU "
+         f"[{d.host_rq}]"),
         ("--host-sched", "|".join(HOST_SCHEDS), f"how the host kernel shares the --host-cpus: EEVDF (Linux >= 6.6) "
          f"or CFS (older, wake-up preemption) [{d.host_sched}]"),
         ("--costs", "FILE", "costs from a TOML file [built in; aemu costs shows them]"),

@@ -180,6 +180,8 @@ def format_comparison(c: Comparison) -> str:
     host = f"{b0.config.host_cpus} host CPUs" if b0.config.host_cpus else "a host CPU per vCPU"
     if b0.config.host_cpus and b0.config.host_sched != "eevdf":
         host += f" scheduled by {b0.config.host_sched.upper()}"
+    if b0.config.host_cpus and b0.config.host_rq != "global":
+        host += " with per-CPU run queues"
     out = [f"aemu compare: {b0.config.qemu_args()} on {host} (boot); hpet-bench with hpet=on",
            f"virtual time; costs: {'the defaults' if b0.config.costs == CostModel() else 'from --costs'} "
            f"(see `aemu costs`); lock hand-off: {b0.config.lock_policy}",

@@ -18,7 +18,7 @@ from typing import Any
 from .costs import CostModel
 from .errors import ConfigError
 from .patches import PATCHES
-from .sched import HOST_SCHEDULERS
+from .sched import HOST_SCHEDULERS, RUN_QUEUES
 from .sync.policy import POLICIES
 
 __all__ = ["MachineConfig", "OPTIONS_WITH_VALUE", "SMP", "SERIES", "parse_duration"]
@@ -34,6 +34,7 @@ IRQCHIP_MODES = ("on", "off", "split")
 #: The BQL's hand-off policies (--lock-policy): the names of aemu.sync.policy.POLICIES.
 LOCK_POLICIES = tuple(POLICIES)
 HOST_SCHEDS = tuple(HOST_SCHEDULERS)
+HOST_RQS = RUN_QUEUES
 #: QEMU options that are accepted and ignored (they change nothing aemu models).
 _IGNORED_WITH_VALUE = {"-m", "-display", "-name", "-vga"}
 #: ``-cpu`` models aemu accepts, and the CPU flags it models (QEMU docs/system/i386/hyperv.rst).
@@ -139,6 +140,8 @@ class MachineConfig:
     host_cpus: int | None = None
     #: how the host kernel schedules them (``--host-sched``): eevdf (Linux >= 6.6) or cfs (older)
     host_sched: str = "eevdf"
+    #: their run queues (``--host-rq``): one for all CPUs (global) or one per CPU (per-cpu)
+    host_rq: str = "global"
     #: ``-cpu host,hv-time``: the Hyper-V reference TSC page (a clock the guest reads with no exit)
     hv_time: bool = False
 
@@ -165,6 +168,8 @@ class MachineConfig:
             raise ConfigError(f"--host-cpus: must be an integer from 1 to {MAX_CPUS}, got {self.host_cpus!r}")
         if self.host_sched not in HOST_SCHEDS:
             raise ConfigError(f"--host-sched: {self.host_sched!r}; accepted: {', '.join(HOST_SCHEDS)}")
+        if self.host_rq not in HOST_RQS:
+            raise ConfigError(f"--host-rq: {self.host_rq!r}; accepted: {', '.join(HOST_RQS)}")
         if self.duration_ns is not None and self.duration_ns <= 0:
             raise ConfigError(f"--duration: must be positive, got {self.duration_ns} ns")
 
@@ -189,7 +194,7 @@ class MachineConfig:
             "patches": sorted(self.patches, key=list(PATCHES).index), "lockless": list(self.lockless),
             "lock_policy": self.lock_policy, "seed": self.seed, "quantum_ns": self.quantum_ns,
             "duration_ns": self.duration_ns, "host_cpus": self.host_cpus,
-            "host_sched": self.host_sched, "hv_time": self.hv_time,
+            "host_sched": self.host_sched, "host_rq": self.host_rq, "hv_time": self.hv_time,
             "costs": self.costs.to_dict(),
         }
 
@@ -268,6 +273,8 @@ class MachineConfig:
                 kw["host_cpus"] = _int(opt, inline)
             elif opt == "--host-sched":
                 kw["host_sched"] = inline
+            elif opt == "--host-rq":
+                kw["host_rq"] = inline
             elif opt == "--param":
                 key, eq2, val = inline.partition("=")
                 if not eq2 or not key:
@@ -288,7 +295,8 @@ class MachineConfig:
 
 
 _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs", "--seed", "--quantum",
-                    "--duration", "--lock-policy", "--param", "--host-cpus", "--host-sched"}
+                    "--duration", "--lock-policy", "--param", "--host-cpus", "--host-sched",
+                    "--host-rq"}
 
 #: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
 #: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.

@@ -169,7 +169,7 @@ class Machine:
         #: threads (``--host-cpus``)
         self.host_cpus: HostCPUs | None = None
         if config.host_cpus is not None and config.host_cpus < n + 1:
-            self.host_cpus = HostCPUs(config.host_cpus, policy=config.host_sched)
+            self.host_cpus = HostCPUs(config.host_cpus, policy=config.host_sched, rq=config.host_rq)
             for cpu in self.vcpus:
                 cpu.keeper.thread = self.host_cpus.thread(cpu.name, cpu.account)
             self.host.main_loop.thread = self.host_cpus.thread("main-loop")

@@ -50,7 +50,8 @@ from typing import Awaitable, Callable, Protocol
 from .clock import call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
 
-__all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "HostCPUs", "HostScheduler", "HostThread", "eevdf_slice_ns"]
+__all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "RUN_QUEUES", "HostCPUs", "HostScheduler", "HostThread",
+           "eevdf_slice_ns"]
 
 BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_granularity (CFS)
 #: KVM's pause-loop exiting window: KVM_VMX_DEFAULT_PLE_WINDOW, 4096 cycles (arch/x86/kvm/x86.h),
@@ -146,7 +147,7 @@ class HostThread:
         """The slice is used up: preempted if somebody waits (KVM marks the vCPU ready if that
         happens inside KVM_RUN), else a new slice on the same CPU."""
         host = self.host
-        if host.queue or host.woken:
+        if host.waiting_on(self.cpu):
             host.preempt(self)
         else:
             self.ran_ns = 0
@@ -262,7 +263,7 @@ class CFS:
     def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None:
         """Place woken ``t``; the running thread it preempts, or None."""
         running = [c.vruntime_now() for c in host.curr if c is not None]
-        queued = [q.vruntime for q in (*host.queue, *host.woken)]
+        queued = [q.vruntime for q in host.queued()]
         self.min_vruntime = max(self.min_vruntime, min(running + queued, default=self.min_vruntime))
         t.vruntime = max(t.vruntime, self.min_vruntime - self.sleeper_credit_ns)
         curr = host.curr[t.last_cpu] if t.last_cpu >= 0 else None
@@ -275,28 +276,44 @@ class CFS:
 HOST_SCHEDULERS: dict[str, Callable[[int], HostScheduler]] = {"eevdf": lambda n: EEVDF(), "cfs": CFS}
 
 
+#: ``--host-rq`` names: one run queue for all CPUs, or one per CPU.
+RUN_QUEUES = ("global", "per-cpu")
+
+
 class HostCPUs:
-    """``n`` physical CPUs shared by the threads attached to them (see the module docstring)."""
+    """``n`` physical CPUs shared by the threads attached to them (see the module docstring).
 
-    __slots__ = ("n", "slice_ns", "free", "curr", "queue", "woken", "threads", "dispatches", "yields", "policy",
-                 "wakeup_preemptions")
+    Run queues (``rq``): ``global`` is one queue for all CPUs (perfect load balancing: a queued
+    thread runs on whichever CPU frees first); ``per-cpu`` gives each CPU its own, as Linux does:
+    a thread that finds no idle CPU queues on the CPU it last ran on, a CPU serves its own queue,
+    and a CPU with an empty queue pulls the longest-waiting thread of the longest queue before it
+    goes idle (newidle balancing). Periodic balancing between busy CPUs is not modelled
+    (assumption: on a busy CPU it runs every few tens of ms, busy_factor x balance_interval)."""
 
-    def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf") -> None:
+    __slots__ = ("n", "slice_ns", "free", "curr", "queues", "wokens", "percpu", "threads", "dispatches", "yields",
+                 "policy", "wakeup_preemptions", "pulls")
+
+    def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf", rq: str = "global") -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"host CPUs must be a positive integer, got {n!r}")
         if policy not in HOST_SCHEDULERS:
             raise ConfigError(f"host scheduler must be one of {', '.join(HOST_SCHEDULERS)}, got {policy!r}")
+        if rq not in RUN_QUEUES:
+            raise ConfigError(f"host run queues must be one of {', '.join(RUN_QUEUES)}, got {rq!r}")
         self.n = n
         self.slice_ns = eevdf_slice_ns(n) if slice_ns is None else slice_ns
         self.policy = HOST_SCHEDULERS[policy](n)
         self.free = list(range(n - 1, -1, -1))  # idle CPUs, taken from the end
         self.curr: list[HostThread | None] = [None] * n  # what each CPU runs
-        self.queue: deque[HostThread] = deque()  # preempted (and yielding) threads
-        self.woken: deque[HostThread] = deque()  # threads woken from a sleep: served first
+        self.percpu = rq == "per-cpu"
+        nq = n if self.percpu else 1
+        self.queues: list[deque[HostThread]] = [deque() for _ in range(nq)]  # preempted (and yielding) threads
+        self.wokens: list[deque[HostThread]] = [deque() for _ in range(nq)]  # woken from a sleep: served first
         self.threads: list[HostThread] = []
         self.dispatches = 0
         self.yields = 0
         self.wakeup_preemptions = 0
+        self.pulls = 0  # threads an idle CPU took from another CPU's queue (per-cpu)
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -304,14 +321,23 @@ class HostCPUs:
         self.threads.append(t)
         return t
 
+    def queued(self) -> list[HostThread]:
+        """Every queued thread, woken ones first."""
+        return [t for qs in (self.wokens, self.queues) for q in qs for t in q]
+
     async def dispatch(self, t: HostThread) -> int:
         """Give ``t`` a CPU: an idle one at once, else (woken, under CFS) a preempted thread's,
-        else wait in the run queue; returns the wait (runnable time, booked to the thread)."""
+        else wait in a run queue; returns the wait (runnable time, booked to the thread)."""
         waited = 0
         if t.on_cpu:
             return 0
-        if self.free and not self.queue and not self.woken:
-            t.cpu = self.free.pop()
+        free = self.free
+        if free and (self.percpu or not (self.queues[0] or self.wokens[0])):
+            if self.percpu and t.last_cpu in free:  # select_idle_sibling: its previous CPU if idle
+                free.remove(t.last_cpu)
+                t.cpu = t.last_cpu
+            else:
+                t.cpu = free.pop()
         elif t.blocked and (victim := self.policy.wakeup_preempt(self, t)) is not None:
             self.wakeup_preemptions += 1
             t.cpu = victim.cpu
@@ -319,7 +345,10 @@ class HostCPUs:
         else:
             loop = asyncio.get_running_loop()
             fut = t._wakeup = loop.create_future()
-            q = self.woken if t.blocked else self.queue
+            d = 0
+            if self.percpu:
+                d = t.last_cpu if t.last_cpu >= 0 else min(range(self.n), key=self._load)
+            q = (self.wokens if t.blocked else self.queues)[d]
             q.append(t)
             t0 = now_ns()
             try:
@@ -344,6 +373,14 @@ class HostCPUs:
         t.ran_ns = 0
         self.dispatches += 1
         return waited
+
+    def _load(self, d: int) -> int:
+        return len(self.wokens[d]) + len(self.queues[d])
+
+    def waiting_on(self, cpu: int) -> bool:
+        """Whether a thread waits for ``cpu`` (for any CPU with one global queue)."""
+        d = cpu if self.percpu else 0
+        return bool(self.wokens[d] or self.queues[d])
 
     def release(self, t: HostThread) -> None:
         """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes idle
@@ -372,27 +409,49 @@ class HostCPUs:
             t.cpu = -1
 
     def _hand_on(self, cpu: int) -> None:
-        while self.woken or self.queue:
-            nxt = (self.woken or self.queue).popleft()
+        """``cpu`` is free: to the head of its queue (woken first), else, per CPU, to the head of
+        the longest queue (newidle balancing), else idle."""
+        d = cpu if self.percpu else 0
+        if self._give(cpu, self.wokens[d], self.queues[d]):
+            return
+        if self.percpu:
+            while True:
+                busiest = max(range(self.n), key=self._load)
+                if not self._load(busiest):
+                    break
+                if self._give(cpu, self.wokens[busiest], self.queues[busiest]):
+                    self.pulls += 1
+                    return
+        self.free.append(cpu)
+
+    @staticmethod
+    def _give(cpu: int, woken: deque[HostThread], queue: deque[HostThread]) -> bool:
+        while woken or queue:
+            nxt = (woken or queue).popleft()
             w = nxt._wakeup
             if w is not None and not w.done():
                 nxt.cpu = cpu
                 w.set_result(None)
-                return
-        self.free.append(cpu)
+                return True
+        return False
 
     def yield_target(self) -> HostThread | None:
         """The queued vCPU a pause-loop exit would yield to: ready, not spinning itself (KVM's
-        ``kvm_vcpu_on_spin`` skips vCPUs that are not ``ready`` and, by ``dy_eligible``, spinners)."""
-        for q in (self.woken, self.queue):
-            for t in q:
-                if t.ready and not t.spinning and t._wakeup is not None and not t._wakeup.done():
-                    return t
+        ``kvm_vcpu_on_spin`` skips vCPUs that are not ``ready`` and, by ``dy_eligible``, spinners).
+        It runs on the yielding CPU (per CPU: a migration; assumption)."""
+        for qs in (self.wokens, self.queues):
+            for q in qs:
+                for t in q:
+                    if t.ready and not t.spinning and t._wakeup is not None and not t._wakeup.done():
+                        return t
         return None
 
     def grant(self, t: HostThread, giver: HostThread) -> None:
         """Hand the CPU ``giver`` is giving up to queued ``t`` (a directed yield)."""
-        (self.woken if t in self.woken else self.queue).remove(t)
+        for q in (*self.wokens, *self.queues):
+            if t in q:
+                q.remove(t)
+                break
         assert t._wakeup is not None
         t.cpu = giver.cpu
         self.curr[giver.cpu] = None
@@ -403,5 +462,5 @@ class HostCPUs:
     def statistics(self) -> dict[str, int]:
         """Dispatches, preemptions and the run queue's length now."""
         return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
-                "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queue) + len(self.woken),
-                "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions}
+                "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queued()),
+                "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions, "pulls": self.pulls}

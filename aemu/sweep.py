@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Batch, Failure
-from .config import HOST_SCHEDS, LOCK_POLICIES, MAX_CPUS, SERIES, SMP, MachineConfig, _number, parse_duration
+from .config import HOST_RQS, HOST_SCHEDS, LOCK_POLICIES, MAX_CPUS, SERIES, SMP, MachineConfig, _number, parse_duration
 from .costs import HANDLER_REGIONS, CostModel
 from .errors import ConfigError
 from .patches import PATCHES
@@ -144,6 +144,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in [
               lambda c, v: c.replace(host_cpus=v)),
     Parameter("host-sched", "how the host kernel shares its CPUs (eevdf or cfs)", _choice("host-sched", HOST_SCHEDS),
               lambda c, v: c.replace(host_sched=v)),
+    Parameter("host-rq", "the host's run queues (global or per-cpu)", _choice("host-rq", HOST_RQS),
+              lambda c, v: c.replace(host_rq=v)),
     Parameter("workload", "what the vCPUs run", str, lambda c, v: c.replace(workload=v)),
     Parameter("machine", "q35 or pc", _choice("machine", ("q35", "pc")), lambda c, v: c.replace(machine=v)),
     Parameter("hpet", "the HPET on or off", _onoff("hpet"), lambda c, v: c.replace(hpet=v)),

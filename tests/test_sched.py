@@ -331,3 +331,66 @@ def test_readme_host_scheduler_table_matches_the_code() -> None:
     assert rows["pause-loop window"].startswith("1,500 ns") and "1.56 s" in rows["pause-loop window"]
     assert CFS(8).sleeper_credit_ns == 12 * MS and "12 ms on 8" in rows["CFS sleeper credit (`--host-sched cfs`)"]
     assert CFS(8).wakeup_gran_ns == 4 * MS and "4 ms on 8" in rows["CFS wake-up granularity (`--host-sched cfs`)"]
+
+
+def _queued_wake(rq: str, a_ms: float) -> tuple[int, int, int]:
+    """Two CPUs: c runs 0.1 ms on CPU 0 and sleeps; a takes CPU 1 at 0 for ``a_ms``; b takes CPU 0
+    at 0.5 ms for 10 ms; c wakes at 1 ms with no CPU idle. Returns when c ran again, on which CPU,
+    and how many pulls an idle CPU made."""
+    ran: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        import asyncio
+
+        host = HostCPUs(2, slice_ns=3 * MS, rq=rq)
+        a, b, c = (host.thread(n) for n in "abc")
+
+        async def runner(t: object, start: int, ns: int) -> None:
+            await clock.sleep_ns(start)
+            await t.run(ns)  # type: ignore[attr-defined]
+            t.block()  # type: ignore[attr-defined]
+
+        async def sleeper() -> None:
+            await c.run(100_000)
+            assert c.last_cpu == 0
+            c.block()
+            await clock.sleep_ns(1 * MS - clock.now_ns())
+            await c.run(0)
+            ran.append((clock.now_ns(), c.cpu))
+            await c.run(100_000)
+            c.block()
+
+        await asyncio.gather(sleeper(), runner(a, 0, int(a_ms * MS)), runner(b, 500_000, 10 * MS))
+        return host.statistics()["pulls"]
+
+    pulls = clock.run(main())
+    return ran[0][0], ran[0][1], pulls
+
+
+def test_per_cpu_run_queues_a_woken_thread_waits_for_its_own_cpu() -> None:
+    """With one queue for all CPUs, c runs at the first slice end anywhere (a's, CPU 1, at 3 ms);
+    with a queue per CPU it waits on CPU 0, its previous CPU, for b's slice end at 3.5 ms (a just
+    starts a new slice: nobody waits for CPU 1)."""
+    assert _queued_wake("global", 10) == (3 * MS, 1, 0)
+    assert _queued_wake("per-cpu", 10) == (3_500_000, 0, 0)
+
+
+def test_per_cpu_run_queues_an_idle_cpu_pulls_a_queued_thread() -> None:
+    """a ends at 2 ms: CPU 1's queue is empty, so it pulls c from CPU 0's queue (newidle)."""
+    assert _queued_wake("per-cpu", 2) == (2 * MS, 1, 1)
+
+
+def test_per_cpu_run_queues_on_a_machine_book_all_time_and_differ() -> None:
+    cfg = config("--series before --param reads=2000 --host-cpus 3")
+    one = simulate(cfg)
+    per_cpu = simulate(cfg + " --host-rq per-cpu")
+    assert per_cpu.config.host_rq == "per-cpu" and one.config.host_rq == "global"
+    assert per_cpu.finished
+    for v in per_cpu.vcpus:
+        assert v.elapsed_ns == v.finish_ns - v.start_ns
+    assert per_cpu.virtual_ns != one.virtual_ns
+
+
+def test_host_rq_must_be_known() -> None:
+    with pytest.raises(ConfigError, match="--host-rq: 'numa'; accepted: global, per-cpu"):
+        MachineConfig.parse(config("--host-rq numa"))
