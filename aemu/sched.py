@@ -29,9 +29,9 @@ The slice is EEVDF's (Linux >= 6.6, kernel/sched/fair.c): ``sysctl_sched_base_sl
 scaled by ``1 + ilog2(min(ncpus, 8))`` (``SCHED_TUNABLESCALING_LOG``, ``sched_update_scaling``),
 3 ms on 8 or more CPUs; under CFS, ``sched_min_granularity`` scales the same way to the same
 3 ms, which is the slice whenever more than ``sched_latency/min_granularity`` = 8 threads share
-a CPU. The run queue is FIFO, woken threads first, for all CPUs. Assumptions: load balancing is
-perfect (a thread runs on whichever CPU frees first) and all threads have the default weight
-(nice 0). What a wake-up does when no CPU is idle is the policy (``--host-sched``): under
+a CPU. A run queue is FIFO, woken threads first: one for all CPUs (``--host-rq global``, the
+default: perfect load balancing, a thread runs on whichever CPU frees first) or one per CPU
+(``per-cpu``, see :class:`HostCPUs`). Assumption: all threads have the default weight (nice 0). What a wake-up does when no CPU is idle is the policy (``--host-sched``): under
 :class:`EEVDF`, the default, the woken thread waits for the next reschedule (no wake-up
 preemption of a running one); under :class:`CFS` (Linux < 6.6) it preempts the thread on the CPU
 it last ran on if that one has run far enough ahead of it (sleeper credit and wake-up
