@@ -30,6 +30,9 @@ def test_compare_names_a_host_scheduler_other_than_the_default(capsys: pytest.Ca
     assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
                  "--host-cpus", "2", "--host-sched", "cfs"]) == 0
     assert "on 2 host CPUs scheduled by CFS (boot)" in capsys.readouterr().out
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
+                 "--host-cpus", "2", "--host-rq", "per-cpu"]) == 0
+    assert "on 2 host CPUs with per-CPU run queues (boot)" in capsys.readouterr().out
 
 
 def test_run_prints_a_report(capsys: pytest.CaptureFixture[str]) -> None:
