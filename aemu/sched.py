@@ -147,7 +147,8 @@ class HostThread:
         """The slice is used up: preempted if somebody waits (KVM marks the vCPU ready if that
         happens inside KVM_RUN), else a new slice on the same CPU."""
         host = self.host
-        if host.waiting_on(self.cpu):
+        d = self.cpu if host.percpu else 0
+        if host.wokens[d] or host.queues[d]:
             host.preempt(self)
         else:
             self.ran_ns = 0
@@ -377,11 +378,6 @@ class HostCPUs:
     def _load(self, d: int) -> int:
         return len(self.wokens[d]) + len(self.queues[d])
 
-    def waiting_on(self, cpu: int) -> bool:
-        """Whether a thread waits for ``cpu`` (for any CPU with one global queue)."""
-        d = cpu if self.percpu else 0
-        return bool(self.wokens[d] or self.queues[d])
-
     def release(self, t: HostThread) -> None:
         """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes idle
         (a preempted ``t`` then queues at the tail when it next needs a CPU)."""
@@ -412,28 +408,24 @@ class HostCPUs:
         """``cpu`` is free: to the head of its queue (woken first), else, per CPU, to the head of
         the longest queue (newidle balancing), else idle."""
         d = cpu if self.percpu else 0
-        if self._give(cpu, self.wokens[d], self.queues[d]):
-            return
-        if self.percpu:
-            while True:
-                busiest = max(range(self.n), key=self._load)
-                if not self._load(busiest):
-                    break
-                if self._give(cpu, self.wokens[busiest], self.queues[busiest]):
-                    self.pulls += 1
+        pulled = False
+        while True:
+            woken, queue = self.wokens[d], self.queues[d]
+            while woken or queue:
+                nxt = (woken or queue).popleft()
+                w = nxt._wakeup
+                if w is not None and not w.done():
+                    nxt.cpu = cpu
+                    w.set_result(None)
+                    self.pulls += pulled
                     return
+            if not self.percpu:
+                break
+            d = max(range(self.n), key=self._load)
+            if not self._load(d):
+                break
+            pulled = True
         self.free.append(cpu)
-
-    @staticmethod
-    def _give(cpu: int, woken: deque[HostThread], queue: deque[HostThread]) -> bool:
-        while woken or queue:
-            nxt = (woken or queue).popleft()
-            w = nxt._wakeup
-            if w is not None and not w.done():
-                nxt.cpu = cpu
-                w.set_result(None)
-                return True
-        return False
 
     def yield_target(self) -> HostThread | None:
         """The queued vCPU a pause-loop exit would yield to: ready, not spinning itself (KVM's
