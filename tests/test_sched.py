@@ -282,15 +282,18 @@ def test_cfs_sleeper_credit_and_granularity_scale_with_the_cpus() -> None:
     assert (CFS(32).sleeper_credit_ns, CFS(32).wakeup_gran_ns) == (12 * MS, 4 * MS)
 
 
-def test_cfs_on_a_machine_books_all_time_and_differs_from_eevdf() -> None:
+@pytest.mark.parametrize("option, field, value", [("--host-sched", "host_sched", "cfs"),
+                                                   ("--host-rq", "host_rq", "per-cpu")])
+def test_a_host_what_if_on_a_machine_books_all_time_and_differs_from_the_default(option: str, field: str,
+                                                                                 value: str) -> None:
     cfg = config("--series before --param reads=2000 --host-cpus 3")
-    eevdf = simulate(cfg)
-    cfs = simulate(cfg + " --host-sched cfs")
-    assert cfs.config.host_sched == "cfs" and eevdf.config.host_sched == "eevdf"
-    assert cfs.finished
-    for v in cfs.vcpus:
+    default = simulate(cfg)
+    what_if = simulate(f"{cfg} {option} {value}")
+    assert getattr(what_if.config, field) == value and getattr(default.config, field) != value
+    assert what_if.finished
+    for v in what_if.vcpus:
         assert v.elapsed_ns == v.finish_ns - v.start_ns
-    assert cfs.virtual_ns != eevdf.virtual_ns
+    assert what_if.virtual_ns != default.virtual_ns
 
 
 def test_host_sched_must_be_known() -> None:
@@ -378,17 +381,6 @@ def test_per_cpu_run_queues_a_woken_thread_waits_for_its_own_cpu() -> None:
 def test_per_cpu_run_queues_an_idle_cpu_pulls_a_queued_thread() -> None:
     """a ends at 2 ms: CPU 1's queue is empty, so it pulls c from CPU 0's queue (newidle)."""
     assert _queued_wake("per-cpu", 2) == (2 * MS, 1, 1)
-
-
-def test_per_cpu_run_queues_on_a_machine_book_all_time_and_differ() -> None:
-    cfg = config("--series before --param reads=2000 --host-cpus 3")
-    one = simulate(cfg)
-    per_cpu = simulate(cfg + " --host-rq per-cpu")
-    assert per_cpu.config.host_rq == "per-cpu" and one.config.host_rq == "global"
-    assert per_cpu.finished
-    for v in per_cpu.vcpus:
-        assert v.elapsed_ns == v.finish_ns - v.start_ns
-    assert per_cpu.virtual_ns != one.virtual_ns
 
 
 def test_host_rq_must_be_known() -> None:
