@@ -177,11 +177,7 @@ def format_comparison(c: Comparison) -> str:
     ]
     w0 = max(len(r[0]) for r in rows)
     w = max(22, *(len(r[1]) for r in rows), *(len(r[2]) for r in rows))
-    host = f"{b0.config.host_cpus} host CPUs" if b0.config.host_cpus else "a host CPU per vCPU"
-    if b0.config.host_cpus and b0.config.host_sched != "eevdf":
-        host += f" scheduled by {b0.config.host_sched.upper()}"
-    if b0.config.host_cpus and b0.config.host_rq != "global":
-        host += " with per-CPU run queues"
+    host = b0.config.host_text() or "a host CPU per vCPU"
     out = [f"aemu compare: {b0.config.qemu_args()} on {host} (boot); hpet-bench with hpet=on",
            f"virtual time; costs: {'the defaults' if b0.config.costs == CostModel() else 'from --costs'} "
            f"(see `aemu costs`); lock hand-off: {b0.config.lock_policy}",

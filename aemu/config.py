@@ -198,6 +198,15 @@ class MachineConfig:
             "costs": self.costs.to_dict(),
         }
 
+    def host_text(self) -> str:
+        """The host the threads run on, in words ("32 host CPUs scheduled by CFS with per-CPU run
+        queues"; the defaults unsaid), or "" with a CPU per thread (no ``--host-cpus``)."""
+        if not self.host_cpus:
+            return ""
+        return (f"{self.host_cpus} host CPUs" + (f" scheduled by {self.host_sched.upper()}"
+                                                 if self.host_sched != "eevdf" else "")
+                + (" with per-CPU run queues" if self.host_rq != "global" else ""))
+
     def qemu_args(self) -> str:
         """The configuration as QEMU-style options."""
         return (f"-M {self.machine},hpet={'on' if self.hpet else 'off'} -smp {self.smp} "

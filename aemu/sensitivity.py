@@ -230,8 +230,7 @@ def assemble(args: str | Sequence[str], results: Mapping[Key, dict[str, Any] | F
     base = MachineConfig.parse(args)
     text = base.qemu_args() + "".join(f" --param {k}={v}" for k, v in base.workload_params)
     if base.host_cpus:
-        text += (f" on {base.host_cpus} host CPUs" + (f" ({base.host_sched.upper()})" if base.host_sched != "eevdf" else "")
-                 + (" with per-CPU run queues" if base.host_rq != "global" else ""))
+        text += f" on {base.host_text()}"
     return Sensitivity(text, baseline, tuple(variants), tuple(values.items()), tuple(factors), THRESHOLD, interrupted)
 
 

@@ -334,10 +334,11 @@ class TestRunReport:
     def test_the_model_line_names_the_host_cpus_and_their_scheduler(self) -> None:
         r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-sched cfs --param reads=10"))
         model = next(line for line in section(render_run_report(r, plain=True), "aemu run") if "model" in line)
-        assert model.strip().split("  ", 1)[1].strip() == "BQL hand-off barging; quantum 10 µs; seed 1; 2 host CPUs, CFS"
+        assert model.strip().split("  ", 1)[1].strip() == ("BQL hand-off barging; quantum 10 µs; seed 1; "
+                                                           "2 host CPUs scheduled by CFS")
         r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-rq per-cpu --param reads=10"))
         model = next(line for line in section(render_run_report(r, plain=True), "aemu run") if "model" in line)
-        assert model.strip().endswith("seed 1; 2 host CPUs, EEVDF, per-CPU run queues")
+        assert model.strip().endswith("seed 1; 2 host CPUs with per-CPU run queues")
 
     def test_plain_numbers(self, capped: Result) -> None:
         text = render_run_report(capped, plain=True)

@@ -116,8 +116,7 @@ def _summary(result: Result) -> _Fields:
         ("workload", workload),
         ("series", _series(result)),
         ("model", f"BQL hand-off {cfg.lock_policy}; quantum {_number(cfg.quantum_ns / 1e3)} µs; seed {cfg.seed}"
-                  + (f"; {cfg.host_cpus} host CPUs, {cfg.host_sched.upper()}"
-                     + (", per-CPU run queues" if cfg.host_rq == "per-cpu" else "") if cfg.host_cpus else "")),
+                  + (f"; {cfg.host_text()}" if cfg.host_cpus else "")),
         ("metric", metric),
         ("status", _status(result)),
         ("virtual time", f"{_ms(result.virtual_ns)} ms"),
