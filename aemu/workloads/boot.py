@@ -39,10 +39,11 @@ between configurations are what it is for.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..cpu import (Arrive, Compute, GuestBarrier, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite,
+from ..cpu import (Arrive, Compute, Exit, GuestBarrier, GuestProgram, LAPICTimer, MMIORead, MMIOWrite, PIORead, PIOWrite,
                    SendIPI, SpinUntil, WaitForVector)
 from ..result import Metric
 from .base import Param, Workload
@@ -115,6 +116,19 @@ RTC_PIE = 0x40  # register B: periodic interrupt enable
 CLOCK_VECTOR = {"hpet": 0x30, "rtc": 0x38}
 
 
+def cmos_read(reg: int) -> Generator[Exit, Any, int]:
+    """Read a CMOS/RTC register: select it at port 0x70, read it at 0x71; returns its value."""
+    yield PIOWrite(RTC_INDEX, reg, 1)
+    value = yield PIORead(RTC_DATA, 1)
+    return int(value or 0)
+
+
+def cmos_write(reg: int, value: int) -> GuestProgram:
+    """Write a CMOS/RTC register: select it at port 0x70, write it at 0x71."""
+    yield PIOWrite(RTC_INDEX, reg, 1)
+    yield PIOWrite(RTC_DATA, value, 1)
+
+
 def rtc_rate_code(period_ns: int) -> int:
     """Register A's rate select whose periodic interrupt is nearest ``period_ns``: code c >= 3
     gives 2**(c-1) cycles of 32.768 kHz (MC146818; QEMU ``periodic_period_to_clock``)."""
@@ -148,8 +162,7 @@ class ClockTick:
         if self.source == "hpet":
             yield MMIOWrite(HPET_CFG, HPET_ENABLE_LEGACY, 4)
         else:
-            yield PIOWrite(RTC_INDEX, RTC_REG_A, 1)
-            yield PIOWrite(RTC_DATA, RTC_DIVIDER_32K | self._rtc_rate, 1)
+            yield from cmos_write(RTC_REG_A, RTC_DIVIDER_32K | self._rtc_rate)
 
     def idle(self) -> GuestProgram:
         """Program one tick and halt until its interrupt."""
@@ -172,15 +185,11 @@ class ClockTick:
                 ticks *= 2
             yield WaitForVector(self.vector)
             return
-        yield PIOWrite(RTC_INDEX, RTC_REG_B, 1)
-        b = yield PIORead(RTC_DATA, 1)
-        yield PIOWrite(RTC_INDEX, RTC_REG_B, 1)
-        yield PIOWrite(RTC_DATA, (b or 0) | RTC_PIE, 1)
+        b = yield from cmos_read(RTC_REG_B)
+        yield from cmos_write(RTC_REG_B, b | RTC_PIE)
         yield WaitForVector(self.vector)
-        yield PIOWrite(RTC_INDEX, RTC_REG_C, 1)  # acknowledge: the RTC lowers IRQ8
-        yield PIORead(RTC_DATA, 1)
-        yield PIOWrite(RTC_INDEX, RTC_REG_B, 1)
-        yield PIOWrite(RTC_DATA, (b or 0) & ~RTC_PIE & 0xFF, 1)
+        yield from cmos_read(RTC_REG_C)  # acknowledge: the RTC lowers IRQ8
+        yield from cmos_write(RTC_REG_B, b & ~RTC_PIE & 0xFF)
 
 
 class Boot(Workload):
@@ -220,9 +229,8 @@ class Boot(Workload):
             for slot in range(p["pci_slots"]):
                 yield PIOWrite(0xCF8, 0x8000_0000 | slot << 11, 4)
                 yield PIORead(0xCFC, 4)
-            for reg in (0x00, 0x02, 0x04):
-                yield PIOWrite(0x70, reg, 1)
-                yield PIORead(0x71, 1)
+            for reg in (0x00, 0x02, 0x04):  # the RTC's seconds, minutes, hours
+                yield from cmos_read(reg)
             yield from _serial(b"aemu boot: starting APs\r\n")
             for ap in range(1, self.cpus):
                 yield SendIPI(ap, STARTUP_VECTOR)
