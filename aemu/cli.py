@@ -34,7 +34,7 @@ import click
 
 from . import __version__
 from .compare import DEFAULT_ARGS as DEFAULT_COMPARE_ARGS
-from .sensitivity import DEFAULT_ARGS as DEFAULT_SENSITIVITY_ARGS
+from .compare import MACHINE_ARGS  # sensitivity's machine (aemu.sensitivity.DEFAULT_ARGS)
 
 if TYPE_CHECKING:
     from .config import MachineConfig
@@ -801,7 +801,7 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
 
 # -- sensitivity ------------------------------------------------------------------------------------------
 
-@cli.command(cls=_MachineCommand, defaults=DEFAULT_SENSITIVITY_ARGS.split(), refuse={
+@cli.command(cls=_MachineCommand, defaults=MACHINE_ARGS.split(), refuse={
     "--workload": "sensitivity runs compare's boot and hpet-bench",
     "--series": "sensitivity runs both series; --patch -NAME takes a switch out of 'after'"})
 @click.option("--params", "params", metavar="LIST",
@@ -830,7 +830,7 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
     from .sensitivity import (DEFAULT_PARAMETERS, assemble, format_sensitivity, run_sensitivity,
                               sensitivity_configs)
 
-    argv = [*DEFAULT_SENSITIVITY_ARGS.split(), *args]
+    argv = [*MACHINE_ARGS.split(), *args]
     names = [n.strip() for n in params.split(",") if n.strip()] if params is not None else list(DEFAULT_PARAMETERS)
     try:
         fs = [float(f) for f in factors.split(",")]

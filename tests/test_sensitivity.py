@@ -92,3 +92,10 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys: pyt
 def test_configs_reject_non_costs() -> None:
     with pytest.raises(ConfigError, match="not a cost"):
         sensitivity_configs(ARGS, parameters=["param.reads"])
+
+
+def test_the_command_runs_compare_machine_by_default() -> None:
+    from aemu.compare import MACHINE_ARGS
+    from aemu.sensitivity import DEFAULT_ARGS
+
+    assert DEFAULT_ARGS == MACHINE_ARGS and "--host-cpus 32" in MACHINE_ARGS and "-smp 240,sockets=4" in MACHINE_ARGS
