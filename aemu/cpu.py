@@ -471,6 +471,8 @@ class VCPU:
     def _kick(self) -> None:
         w = self._wake
         if w is not None and not w.done():
+            if self.keeper.thread is not None:
+                self.keeper.thread.woken()
             w.set_result(None)
 
     # -- the exit loop ----------------------------------------------------------------------------

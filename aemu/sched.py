@@ -47,7 +47,7 @@ import asyncio
 from collections import deque
 from typing import Awaitable, Callable, Protocol
 
-from .clock import call_at_ns, now_ns, sleep_ns
+from .clock import _keepers, call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
 
 __all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "RUN_QUEUES", "HostCPUs", "HostScheduler", "HostThread",
@@ -60,6 +60,9 @@ BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_gr
 #: is back at the base when the thread is scheduled in (KVM_DEFAULT_PLE_WINDOW_SHRINK 0).
 PLE_WINDOW_NS = 1_500
 PLE_WINDOW_MAX_NS = 1_560_000_000
+#: ``wake_affine_weight``'s bias for the wakee's previous CPU, in percent: 100 + (imbalance_pct -
+#: 100) / 2 with the LLC domain's ``imbalance_pct`` 117 (kernel/sched/topology.c, ``sd_init``).
+WAKE_AFFINE_BIAS_PCT = 100 + (117 - 100) // 2
 
 
 def eevdf_slice_ns(ncpus: int) -> int:
@@ -78,7 +81,7 @@ class HostThread:
     """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
 
     __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions", "ready", "spinning", "in_guest",
-                 "blocked", "cpu", "last_cpu", "vruntime", "_stop", "_t0")
+                 "blocked", "cpu", "last_cpu", "waker", "vruntime", "_stop", "_t0")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -97,6 +100,7 @@ class HostThread:
         self._wakeup: asyncio.Future[None] | None = None  # set when a queued thread gets a CPU
         self.cpu = -1  # the CPU it runs on, -1 when off CPU
         self.last_cpu = -1  # the CPU it ran on last (where a wake-up lands when no CPU is idle)
+        self.waker = -1  # the CPU of the thread that woke it (per-CPU queues: a wake-affine candidate)
         self.vruntime = 0  # CPU time used (nice 0: vruntime is runtime), as placed at wake-ups by CFS
         self._stop: Awaitable[None] | None = None  # the CPU stretch it is in, settled early by a preemption
         self._t0 = 0  # when that stretch began
@@ -159,6 +163,16 @@ class HostThread:
         waited = await self.host.dispatch(self)
         if self.books is not None:
             self.books.runnable_in_lock_ns += waited
+
+    def woken(self) -> None:
+        """Somebody wakes this sleeping thread now (a futex wake, a kick out of HLT): with per-CPU
+        queues, note the CPU of the thread whose code runs now, the waker (``select_task_rq_fair``'s
+        ``this_cpu``); a wake-up from a timer has none."""
+        if self.host.percpu:
+            task = asyncio.current_task()
+            k = _keepers.get(task) if task is not None else None
+            thread = k.thread if k is not None else None
+            self.waker = thread.cpu if thread is not None else -1
 
     def block(self, ready: bool = False) -> None:
         """The thread sleeps (futex wait, or HLT with ``ready``: KVM marks a vCPU woken from HLT
@@ -229,7 +243,7 @@ class HostScheduler(Protocol):
 
     name: str
 
-    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None: ...
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread, cpu: int) -> HostThread | None: ...
 
 
 class EEVDF:
@@ -239,8 +253,8 @@ class EEVDF:
 
     name = "eevdf"
 
-    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None:
-        """The running thread that woken ``t`` preempts, or None."""
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread, cpu: int) -> HostThread | None:
+        """The running thread that woken ``t``, landing on ``cpu``, preempts, or None."""
         return None
 
 
@@ -250,8 +264,9 @@ class CFS:
     ``GENTLE_FAIR_SLEEPERS``) and preempts the thread running on the CPU it lands on if that one
     is more than ``sched_wakeup_granularity`` ahead (``check_preempt_wakeup``,
     ``wakeup_preempt_entity``). Both tunables scale like the slice: 6 ms and 1 ms x (1 +
-    ilog2(min(ncpus, 8))). With no idle CPU the wake-up lands on the CPU the thread last ran on
-    (``select_task_rq_fair``'s ``prev_cpu``; assumption: no wake-affine pull to the waker's CPU)."""
+    ilog2(min(ncpus, 8))). With no idle CPU the wake-up lands where ``select_task_rq_fair`` puts it
+    (:meth:`HostCPUs._target`): with per-CPU queues the waker's CPU or the previous one; with one
+    queue the previous one (assumption: no wake-affine pull)."""
 
     name = "cfs"
 
@@ -261,13 +276,13 @@ class CFS:
         self.wakeup_gran_ns = 1_000_000 * factor
         self.min_vruntime = 0  # cfs_rq->min_vruntime: never goes back
 
-    def wakeup_preempt(self, host: HostCPUs, t: HostThread) -> HostThread | None:
-        """Place woken ``t``; the running thread it preempts, or None."""
+    def wakeup_preempt(self, host: HostCPUs, t: HostThread, cpu: int) -> HostThread | None:
+        """Place woken ``t``; the running thread on ``cpu`` it preempts, or None."""
         running = [c.vruntime_now() for c in host.curr if c is not None]
         queued = [q.vruntime for q in host.queued()]
         self.min_vruntime = max(self.min_vruntime, min(running + queued, default=self.min_vruntime))
         t.vruntime = max(t.vruntime, self.min_vruntime - self.sleeper_credit_ns)
-        curr = host.curr[t.last_cpu] if t.last_cpu >= 0 else None
+        curr = host.curr[cpu] if cpu >= 0 else None
         if curr is None or curr._stop is None:  # not in a stretch of CPU time at this instant
             return None
         return curr if curr.vruntime_now() - t.vruntime > self.wakeup_gran_ns else None
@@ -286,13 +301,16 @@ class HostCPUs:
 
     Run queues (``rq``): ``global`` is one queue for all CPUs (perfect load balancing: a queued
     thread runs on whichever CPU frees first); ``per-cpu`` gives each CPU its own, as Linux does:
-    a thread that finds no idle CPU queues on the CPU it last ran on, a CPU serves its own queue,
-    and a CPU with an empty queue pulls the longest-waiting thread of the longest queue before it
-    goes idle (newidle balancing). Periodic balancing between busy CPUs is not modelled
-    (assumption: on a busy CPU it runs every few tens of ms, busy_factor x balance_interval)."""
+    a thread that finds no idle CPU queues on the CPU it last ran on (or, woken, on its waker's
+    when that one is less loaded: wake-affine, :meth:`_target`), a CPU serves its own queue, and a
+    CPU with an empty queue pulls the longest-waiting thread of the longest queue before it goes
+    idle (newidle balancing). Periodic balancing between busy CPUs is not modelled: on a busy CPU
+    it runs every ``balance_interval`` x ``busy_factor`` = sd_weight ms x 16 (``sd_init``), 256 ms
+    within a 16-CPU LLC and 512 ms across 32 CPUs (assumption: too seldom to shorten the queues
+    the BQL's waiters wait in, which change within microseconds)."""
 
     __slots__ = ("n", "slice_ns", "free", "curr", "queues", "wokens", "percpu", "threads", "dispatches", "yields",
-                 "policy", "wakeup_preemptions", "pulls")
+                 "policy", "wakeup_preemptions", "pulls", "affine_wakeups")
 
     def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf", rq: str = "global") -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -315,6 +333,7 @@ class HostCPUs:
         self.yields = 0
         self.wakeup_preemptions = 0
         self.pulls = 0  # threads an idle CPU took from another CPU's queue (per-cpu)
+        self.affine_wakeups = 0  # wake-ups queued on the waker's CPU rather than their previous one (per-cpu)
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -339,44 +358,65 @@ class HostCPUs:
                 t.cpu = t.last_cpu
             else:
                 t.cpu = free.pop()
-        elif t.blocked and (victim := self.policy.wakeup_preempt(self, t)) is not None:
-            self.wakeup_preemptions += 1
-            t.cpu = victim.cpu
-            self.preempt(victim, hand_on=False)
         else:
-            loop = asyncio.get_running_loop()
-            fut = t._wakeup = loop.create_future()
-            d = 0
-            if self.percpu:
-                d = t.last_cpu if t.last_cpu >= 0 else min(range(self.n), key=self._load)
-            q = (self.wokens if t.blocked else self.queues)[d]
-            q.append(t)
-            t0 = now_ns()
-            try:
-                await fut
-            except BaseException:
+            cpu = self._target(t)
+            if t.blocked and (victim := self.policy.wakeup_preempt(self, t, cpu)) is not None:
+                self.wakeup_preemptions += 1
+                t.cpu = victim.cpu
+                self.preempt(victim, hand_on=False)
+            else:
+                loop = asyncio.get_running_loop()
+                fut = t._wakeup = loop.create_future()
+                q = (self.wokens if t.blocked else self.queues)[cpu if self.percpu else 0]
+                q.append(t)
+                t0 = now_ns()
+                try:
+                    await fut
+                except BaseException:
+                    t._wakeup = None
+                    if t in q:
+                        q.remove(t)
+                    elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
+                        self._hand_on(t.cpu)
+                        t.cpu = -1
+                    raise
+                finally:  # the wait is booked even when the run ends (cap, Ctrl-C) while it queues
+                    waited = now_ns() - t0
+                    if t.books is not None:
+                        t.books.runnable_ns += waited
                 t._wakeup = None
-                if t in q:
-                    q.remove(t)
-                elif fut.done() and not fut.cancelled():  # granted a CPU, cancelled before it ran
-                    self._hand_on(t.cpu)
-                    t.cpu = -1
-                raise
-            finally:  # the wait is booked even when the run ends (cap, Ctrl-C) while it queues
-                waited = now_ns() - t0
-                if t.books is not None:
-                    t.books.runnable_ns += waited
-            t._wakeup = None
         self.curr[t.cpu] = t
         t.last_cpu = t.cpu
         t.on_cpu = True
         t.ready = t.blocked = False
+        t.waker = -1
         t.ran_ns = 0
         self.dispatches += 1
         return waited
 
     def _load(self, d: int) -> int:
         return len(self.wokens[d]) + len(self.queues[d])
+
+    def _target(self, t: HostThread) -> int:
+        """The CPU ``t`` goes to when no CPU is idle (``select_task_rq_fair``): the one it last ran
+        on, or for a wake-up with per-CPU queues the waker's if ``wake_affine_weight`` finds that
+        one less loaded: (load(waker's) + 1) x 100 < load(previous) x :data:`WAKE_AFFINE_BIAS_PCT`.
+        Assumptions: a CPU's load is its threads running or queued now (Linux uses their PELT
+        averages), and wake-ups are never "wide" (``wake_wide``: every waker wakes many threads)."""
+        prev, this = t.last_cpu, t.waker
+        if not self.percpu:
+            return prev
+        if prev < 0:
+            return min(range(self.n), key=self._load)
+        if this >= 0 and this != prev and t.blocked:
+            nr = self._nr_running
+            if (nr(this) + 1) * 100 < nr(prev) * WAKE_AFFINE_BIAS_PCT:
+                self.affine_wakeups += 1
+                return this
+        return prev
+
+    def _nr_running(self, cpu: int) -> int:
+        return (self.curr[cpu] is not None) + len(self.wokens[cpu]) + len(self.queues[cpu])
 
     def release(self, t: HostThread) -> None:
         """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes idle
@@ -455,4 +495,5 @@ class HostCPUs:
         """Dispatches, preemptions and the run queue's length now."""
         return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
                 "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queued()),
-                "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions, "pulls": self.pulls}
+                "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions, "pulls": self.pulls,
+                "affine_wakeups": self.affine_wakeups}

@@ -386,3 +386,62 @@ def test_per_cpu_run_queues_an_idle_cpu_pulls_a_queued_thread() -> None:
 def test_host_rq_must_be_known() -> None:
     with pytest.raises(ConfigError, match="--host-rq: 'numa'; accepted: global, per-cpu"):
         MachineConfig.parse(config("--host-rq numa"))
+
+
+def _lock_wake(crowded: bool) -> tuple[int, int, int]:
+    """Two CPUs, per-CPU queues: c runs on CPU 0 and sleeps on a lock a holds; b then runs on
+    CPU 0 (with d queued behind it when ``crowded``) and a on CPU 1; a releases at 1 ms, waking c
+    from CPU 1. Returns when c ran again, on which CPU, and the wake-affine count."""
+    import asyncio
+
+    from aemu.clock import QuantumKeeper
+    from aemu.sync import Lock
+
+    ran: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        host = HostCPUs(2, slice_ns=3 * MS, rq="per-cpu")
+        lock = Lock("L", policy="barging")
+        a, b, c, d = (host.thread(n) for n in "abcd")
+
+        def keeper(t: object) -> None:
+            k = QuantumKeeper()
+            k.attach()
+            k.thread = t
+
+        async def holder() -> None:
+            keeper(a)
+            await lock.acquire("a")
+            await clock.sleep_ns(50_000)
+            await a.run(950_000)  # on CPU 1
+            lock.release()  # futex_wake from CPU 1
+            await a.run(5 * MS)
+            a.block()
+
+        async def waiter() -> None:
+            keeper(c)
+            await c.run(100_000)  # on CPU 0
+            await lock.acquire("c")
+            ran.append((clock.now_ns(), c.cpu))
+            lock.release()
+            c.block()
+
+        async def runner(t: object, start: int) -> None:
+            await clock.sleep_ns(start)
+            await t.run(10 * MS)  # type: ignore[attr-defined]
+            t.block()  # type: ignore[attr-defined]
+
+        jobs = [holder(), waiter(), runner(b, 200_000)] + ([runner(d, 300_000)] if crowded else [])
+        await asyncio.gather(*jobs)
+        return host.statistics()["affine_wakeups"]
+
+    affine = clock.run(main())
+    return ran[0][0], ran[0][1], affine
+
+
+def test_per_cpu_a_woken_thread_goes_to_its_wakers_cpu_when_that_one_is_less_loaded() -> None:
+    """wake_affine_weight: c's previous CPU 0 runs b with d queued (2 threads), the waker's CPU 1
+    runs a alone; (1 + 1) x 100 < 2 x 108, so c queues on CPU 1 and runs at a's slice end (3.05
+    ms). With b alone on CPU 0, 200 < 108 fails: c stays on CPU 0 and runs at b's (3.2 ms)."""
+    assert _lock_wake(crowded=True) == (3_050_000, 1, 1)
+    assert _lock_wake(crowded=False) == (3_200_000, 0, 0)

@@ -410,6 +410,8 @@ class Lock:
         which is woken ``handoff_ns`` later (``now`` may be ahead of global time: a run-ahead release)."""
         w = self._queue.popleft()
         w.queued = False
+        if _keepers and (k := _keepers.get(w.task)) is not None and k.thread is not None:
+            k.thread.woken()  # futex_wake from the releasing thread
         self._policy.release(self, w, now)
         fut = w.fut
         assert fut is not None
