@@ -445,3 +445,27 @@ def test_per_cpu_a_woken_thread_goes_to_its_wakers_cpu_when_that_one_is_less_loa
     ms). With b alone on CPU 0, 200 < 108 fails: c stays on CPU 0 and runs at b's (3.2 ms)."""
     assert _lock_wake(crowded=True) == (3_050_000, 1, 1)
     assert _lock_wake(crowded=False) == (3_200_000, 0, 0)
+
+
+def test_per_cpu_a_kick_out_of_hlt_names_the_sending_vcpus_cpu_as_waker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hpet_read_test's BSP starts the halted APs with IPIs: each AP's wake-up names the CPU
+    the BSP runs on (the waker, a wake-affine candidate); the LAPIC timer's wake-ups name none."""
+    from aemu.runner import run_machine
+    from aemu.sched import HostThread
+
+    seen: list[tuple[str, int]] = []
+    woken = HostThread.woken
+
+    def spy(self: HostThread) -> None:
+        woken(self)
+        seen.append((self.name, self.waker))
+
+    monkeypatch.setattr(HostThread, "woken", spy)
+    m = Machine(MachineConfig.parse("-M q35,hpet=on -smp 8 -accel kvm,kernel-irqchip=on --workload hpet-bench "
+                                    "--series after --param reads=200 --host-cpus 2 --host-rq per-cpu"))
+    clock.run(run_machine(m))
+    assert m.host_cpus is not None
+    bsp = m.host_cpus.threads[0]
+    assert bsp.last_cpu in (0, 1)
+    from_a_vcpu = [w for name, w in seen if name != bsp.name and w >= 0]
+    assert from_a_vcpu and set(from_a_vcpu) <= {0, 1}
