@@ -63,6 +63,9 @@ PLE_WINDOW_MAX_NS = 1_560_000_000
 #: ``wake_affine_weight``'s bias for the wakee's previous CPU, in percent: 100 + (imbalance_pct -
 #: 100) / 2 with the LLC domain's ``imbalance_pct`` 117 (kernel/sched/topology.c, ``sd_init``).
 WAKE_AFFINE_BIAS_PCT = 100 + (117 - 100) // 2
+#: PELT's half-life: a load average decays by y per 1024 us period with y^32 = 1/2
+#: (kernel/sched/pelt.c), so by half in 32 periods.
+PELT_HALFLIFE_NS = 32 * 1_024_000
 
 
 def eevdf_slice_ns(ncpus: int) -> int:
@@ -81,7 +84,8 @@ class HostThread:
     """One host thread (a vCPU's): whether it has a CPU, how much of its slice it has used."""
 
     __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions", "ready", "spinning", "in_guest",
-                 "blocked", "cpu", "last_cpu", "waker", "vruntime", "_stop", "_t0")
+                 "blocked", "cpu", "last_cpu", "waker", "vruntime", "_stop", "_t0", "load", "load_ns", "sleeping",
+                 "home")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -101,6 +105,13 @@ class HostThread:
         self.cpu = -1  # the CPU it runs on, -1 when off CPU
         self.last_cpu = -1  # the CPU it ran on last (where a wake-up lands when no CPU is idle)
         self.waker = -1  # the CPU of the thread that woke it (per-CPU queues: a wake-affine candidate)
+        #: per-CPU queues: PELT's load average (1.0: runnable all along; a new task starts at its
+        #: full weight, ``init_entity_runnable_average``) as of ``load_ns``, whether it is asleep
+        #: since then, and the CPU whose load it counts in (where it runs, queues, or last ran)
+        self.load = 1.0
+        self.load_ns = 0
+        self.sleeping = False
+        self.home = -1
         self.vruntime = 0  # CPU time used (nice 0: vruntime is runtime), as placed at wake-ups by CFS
         self._stop: Awaitable[None] | None = None  # the CPU stretch it is in, settled early by a preemption
         self._t0 = 0  # when that stretch began
@@ -179,8 +190,21 @@ class HostThread:
         ready): its CPU goes to the next queued thread."""
         self.ready = ready
         self.blocked = True
+        if self.host.percpu and not self.sleeping:
+            self.pelt(now_ns())
+            self.sleeping = True
         if self.on_cpu:
             self.host.release(self)
+
+    def pelt(self, now: int) -> float:
+        """Bring the load average to ``now`` (PELT, kernel/sched/pelt.c, as a continuous decay):
+        runnable time pulls it towards 1, sleeping lets it decay; returns it."""
+        dt = now - self.load_ns
+        if dt > 0:
+            decay = 0.5 ** (dt / PELT_HALFLIFE_NS)
+            self.load = self.load * decay if self.sleeping else 1.0 - (1.0 - self.load) * decay
+            self.load_ns = now
+        return self.load
 
     async def spin(self, done: asyncio.Future[None]) -> int:
         """Spin on a CPU until ``done``, as KVM runs a PAUSE loop: preempted at slice ends like any
@@ -310,7 +334,7 @@ class HostCPUs:
     the BQL's waiters wait in, which change within microseconds)."""
 
     __slots__ = ("n", "slice_ns", "free", "curr", "queues", "wokens", "percpu", "threads", "dispatches", "yields",
-                 "policy", "wakeup_preemptions", "pulls", "affine_wakeups")
+                 "policy", "wakeup_preemptions", "pulls", "affine_wakeups", "members")
 
     def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf", rq: str = "global") -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -329,6 +353,8 @@ class HostCPUs:
         self.queues: list[deque[HostThread]] = [deque() for _ in range(nq)]  # preempted (and yielding) threads
         self.wokens: list[deque[HostThread]] = [deque() for _ in range(nq)]  # woken from a sleep: served first
         self.threads: list[HostThread] = []
+        #: per CPU: the threads whose load counts there (dicts: summed in a fixed order)
+        self.members: list[dict[HostThread, None]] = [{} for _ in range(n if self.percpu else 0)]
         self.dispatches = 0
         self.yields = 0
         self.wakeup_preemptions = 0
@@ -351,6 +377,9 @@ class HostCPUs:
         waited = 0
         if t.on_cpu:
             return 0
+        if t.sleeping:  # per CPU: woken, runnable from now (PELT)
+            t.pelt(now_ns())
+            t.sleeping = False
         free = self.free
         if free and (self.percpu or not (self.queues[0] or self.wokens[0])):
             if self.percpu and t.last_cpu in free:  # select_idle_sibling: its previous CPU if idle
@@ -367,6 +396,8 @@ class HostCPUs:
             else:
                 loop = asyncio.get_running_loop()
                 fut = t._wakeup = loop.create_future()
+                if self.percpu:
+                    self._move(t, cpu)
                 q = (self.wokens if t.blocked else self.queues)[cpu if self.percpu else 0]
                 q.append(t)
                 t0 = now_ns()
@@ -387,6 +418,8 @@ class HostCPUs:
                 t._wakeup = None
         self.curr[t.cpu] = t
         t.last_cpu = t.cpu
+        if self.percpu:
+            self._move(t, t.cpu)
         t.on_cpu = True
         t.ready = t.blocked = False
         t.waker = -1
@@ -400,23 +433,35 @@ class HostCPUs:
     def _target(self, t: HostThread) -> int:
         """The CPU ``t`` goes to when no CPU is idle (``select_task_rq_fair``): the one it last ran
         on, or for a wake-up with per-CPU queues the waker's if ``wake_affine_weight`` finds that
-        one less loaded: (load(waker's) + 1) x 100 < load(previous) x :data:`WAKE_AFFINE_BIAS_PCT`.
-        Assumptions: a CPU's load is its threads running or queued now (Linux uses their PELT
-        averages), and wake-ups are never "wide" (``wake_wide``: every waker wakes many threads)."""
+        one less loaded: (load(waker's) + own) x 100 < (load(previous) - own) x
+        :data:`WAKE_AFFINE_BIAS_PCT`, with PELT loads (:meth:`cpu_load`). Assumption: wake-ups
+        are never "wide" (``wake_wide`` holds when one waker wakes many more distinct threads
+        than its wakee does; the vCPU threads wake each other alike)."""
         prev, this = t.last_cpu, t.waker
         if not self.percpu:
             return prev
         if prev < 0:
             return min(range(self.n), key=self._load)
         if this >= 0 and this != prev and t.blocked:
-            nr = self._nr_running
-            if (nr(this) + 1) * 100 < nr(prev) * WAKE_AFFINE_BIAS_PCT:
+            now = now_ns()
+            own = t.pelt(now)
+            if (self.cpu_load(this, now) + own) * 100 < (self.cpu_load(prev, now) - own) * WAKE_AFFINE_BIAS_PCT:
                 self.affine_wakeups += 1
                 return this
         return prev
 
-    def _nr_running(self, cpu: int) -> int:
-        return (self.curr[cpu] is not None) + len(self.wokens[cpu]) + len(self.queues[cpu])
+    def cpu_load(self, cpu: int, now: int) -> float:
+        """``cpu_load()``: the PELT load averages of the threads counted on ``cpu`` (running,
+        queued, or asleep since they last ran there: a sleeper's load decays where it slept)."""
+        return sum(t.pelt(now) for t in self.members[cpu])
+
+    def _move(self, t: HostThread, cpu: int) -> None:
+        """``t``'s load now counts on ``cpu`` (a migration takes it off its old CPU)."""
+        if t.home != cpu:
+            if t.home >= 0:
+                del self.members[t.home][t]
+            self.members[cpu][t] = None
+            t.home = cpu
 
     def release(self, t: HostThread) -> None:
         """``t`` blocks or is preempted: its CPU goes to the next queued thread, or becomes idle

@@ -388,10 +388,11 @@ def test_host_rq_must_be_known() -> None:
         MachineConfig.parse(config("--host-rq numa"))
 
 
-def _lock_wake(crowded: bool) -> tuple[int, int, int]:
-    """Two CPUs, per-CPU queues: c runs on CPU 0 and sleeps on a lock a holds; b then runs on
-    CPU 0 (with d queued behind it when ``crowded``) and a on CPU 1; a releases at 1 ms, waking c
-    from CPU 1. Returns when c ran again, on which CPU, and the wake-affine count."""
+def _lock_wake(crowded: bool, sleepers: bool = False) -> tuple[int, int, int]:
+    """Two CPUs, per-CPU queues. c runs on CPU 0 and sleeps on a lock a holds; (with
+    ``sleepers``, y and z run briefly on CPU 1 and sleep); a runs on CPU 1 from 0.05 ms, b on
+    CPU 0 from 0.6 ms (with d queued behind it when ``crowded``); a releases at 1 ms, waking c from
+    CPU 1. Returns when c ran again, on which CPU, and the wake-affine count."""
     import asyncio
 
     from aemu.clock import QuantumKeeper
@@ -402,7 +403,7 @@ def _lock_wake(crowded: bool) -> tuple[int, int, int]:
     async def main() -> int:
         host = HostCPUs(2, slice_ns=3 * MS, rq="per-cpu")
         lock = Lock("L", policy="barging")
-        a, b, c, d = (host.thread(n) for n in "abcd")
+        a, b, c, d, y, z = (host.thread(n) for n in "abcdyz")
 
         def keeper(t: object) -> None:
             k = QuantumKeeper()
@@ -426,12 +427,14 @@ def _lock_wake(crowded: bool) -> tuple[int, int, int]:
             lock.release()
             c.block()
 
-        async def runner(t: object, start: int) -> None:
+        async def runner(t: object, start: int, ns: int) -> None:
             await clock.sleep_ns(start)
-            await t.run(10 * MS)  # type: ignore[attr-defined]
+            await t.run(ns)  # type: ignore[attr-defined]
             t.block()  # type: ignore[attr-defined]
 
-        jobs = [holder(), waiter(), runner(b, 200_000)] + ([runner(d, 300_000)] if crowded else [])
+        jobs = [waiter(), holder(), runner(b, 600_000, 10 * MS)]
+        jobs += [runner(y, 0, 20_000), runner(z, 25_000, 20_000)] if sleepers else []
+        jobs += [runner(d, 700_000, 10 * MS)] if crowded else []
         await asyncio.gather(*jobs)
         return host.statistics()["affine_wakeups"]
 
@@ -440,11 +443,19 @@ def _lock_wake(crowded: bool) -> tuple[int, int, int]:
 
 
 def test_per_cpu_a_woken_thread_goes_to_its_wakers_cpu_when_that_one_is_less_loaded() -> None:
-    """wake_affine_weight: c's previous CPU 0 runs b with d queued (2 threads), the waker's CPU 1
-    runs a alone; (1 + 1) x 100 < 2 x 108, so c queues on CPU 1 and runs at a's slice end (3.05
-    ms). With b alone on CPU 0, 200 < 108 fails: c stays on CPU 0 and runs at b's (3.2 ms)."""
+    """wake_affine_weight with PELT loads (each near 1: runnable all along, or asleep for under a
+    ms): c's previous CPU 0 runs b with d queued, the waker's CPU 1 runs a alone; (1 + c) x 100 <
+    (b + d + c - c) x 108, so c queues on CPU 1 and runs at a's slice end (3.05 ms). With b
+    alone on CPU 0, (1 + c) x 100 < 1 x 108 fails: c stays on CPU 0 and runs at b's (3.6 ms)."""
     assert _lock_wake(crowded=True) == (3_050_000, 1, 1)
-    assert _lock_wake(crowded=False) == (3_200_000, 0, 0)
+    assert _lock_wake(crowded=False) == (3_600_000, 0, 0)
+
+
+def test_per_cpu_wake_affine_counts_the_load_of_threads_asleep_on_the_wakers_cpu() -> None:
+    """y and z slept on CPU 1 well under a half-life ago: their load still counts there (PELT),
+    so CPU 1 (a + y + z, about 3) is not less loaded than CPU 0 and c stays on CPU 0, although
+    only one thread runs on CPU 1 at that instant."""
+    assert _lock_wake(crowded=True, sleepers=True) == (3_600_000, 0, 0)
 
 
 def test_per_cpu_a_kick_out_of_hlt_names_the_sending_vcpus_cpu_as_waker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -469,3 +480,23 @@ def test_per_cpu_a_kick_out_of_hlt_names_the_sending_vcpus_cpu_as_waker(monkeypa
     assert bsp.last_cpu in (0, 1)
     from_a_vcpu = [w for name, w in seen if name != bsp.name and w >= 0]
     assert from_a_vcpu and set(from_a_vcpu) <= {0, 1}
+
+
+def test_pelt_load_decays_while_asleep_and_stays_on_the_cpu_it_slept_on() -> None:
+    """PELT: a thread runnable all along has load 1; asleep for one half-life (32 x 1024 us) it
+    has 1/2, and it still counts on the CPU it last ran on; runnable again, it climbs back."""
+    from aemu.sched import PELT_HALFLIFE_NS
+
+    async def main() -> None:
+        host = HostCPUs(2, slice_ns=3 * MS, rq="per-cpu")
+        a = host.thread("a")
+        await a.run(1 * MS)
+        assert a.home == 0 and host.cpu_load(0, clock.now_ns()) == 1.0
+        a.block()
+        await clock.sleep_ns(PELT_HALFLIFE_NS)
+        assert host.cpu_load(0, clock.now_ns()) == pytest.approx(0.5)
+        assert host.cpu_load(1, clock.now_ns()) == 0
+        await a.run(PELT_HALFLIFE_NS)
+        assert a.pelt(clock.now_ns()) == pytest.approx(0.75)
+
+    clock.run(main())
