@@ -7,7 +7,7 @@ import pytest
 from aemu import HostCPUs, MachineConfig, clock, simulate
 from aemu.errors import ConfigError
 from aemu.machine import Machine
-from aemu.sched import eevdf_slice_ns
+from aemu.sched import PELT_HALFLIFE_NS, WAKE_AFFINE_BIAS_PCT, eevdf_slice_ns
 
 MS = 1_000_000
 
@@ -334,6 +334,8 @@ def test_readme_host_scheduler_table_matches_the_code() -> None:
     assert rows["pause-loop window"].startswith("1,500 ns") and "1.56 s" in rows["pause-loop window"]
     assert CFS(8).sleeper_credit_ns == 12 * MS and "12 ms on 8" in rows["CFS sleeper credit (`--host-sched cfs`)"]
     assert CFS(8).wakeup_gran_ns == 4 * MS and "4 ms on 8" in rows["CFS wake-up granularity (`--host-sched cfs`)"]
+    assert WAKE_AFFINE_BIAS_PCT == 108 and "x 108%" in rows["wake-affine bias (`--host-rq per-cpu`)"]
+    assert PELT_HALFLIFE_NS == 32_768_000 and "32.768 ms" in rows["PELT half-life (`--host-rq per-cpu`)"]
 
 
 def _queued_wake(rq: str, a_ms: float) -> tuple[int, int, int]:
@@ -485,8 +487,6 @@ def test_per_cpu_a_kick_out_of_hlt_names_the_sending_vcpus_cpu_as_waker(monkeypa
 def test_pelt_load_decays_while_asleep_and_stays_on_the_cpu_it_slept_on() -> None:
     """PELT: a thread runnable all along has load 1; asleep for one half-life (32 x 1024 us) it
     has 1/2, and it still counts on the CPU it last ran on; runnable again, it climbs back."""
-    from aemu.sched import PELT_HALFLIFE_NS
-
     async def main() -> None:
         host = HostCPUs(2, slice_ns=3 * MS, rq="per-cpu")
         a = host.thread("a")
