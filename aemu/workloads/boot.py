@@ -8,8 +8,10 @@ section 6 and in README's guest-profile table.
   as Windows chooses it: the Hyper-V reference TSC page with ``-cpu host,hv-time`` (read without
   an exit: a TSC read and a page read, ``hv_read_ns``); else the HPET main counter when the
   machine has one (a 4-byte MMIO read of 0xfed000f0: Windows makes 32-bit HPET accesses);
-  else the ACPI PM timer (a 4-byte ``IN`` from PM base + 8). ``-cpu host`` alone offers no
-  invariant TSC, so Windows does not use the TSC (QEMU filters invtsc out of ``-cpu host``).
+  else the ACPI PM timer (a 4-byte ``IN`` from PM base + 8): one read per query for either,
+  and no TSC under any hypervisor, as the Windows 11 24H2 / Server 2025 kernel selects and reads
+  its counter (``HalpTimerFindIdealPerformanceCounterSource``, ``KeQueryPerformanceCounter``:
+  docs/WINDOWS-GUEST.md 1.5).
 * **BSP (vCPU 0)**: enables the HPET when it uses it, scans PCI bus 0 (``pci-conf-idx`` write +
   ``pci-conf-data`` read per slot), reads the RTC, prints a banner on the serial port, then
   starts the APs one at a time, as ``KeStartAllProcessors`` does: a startup IPI, then it stalls
