@@ -21,7 +21,7 @@ from aemu.machine import Machine
 from aemu.replay import ReplayWorkload
 from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
-from aemu.workloads.boot import HPET_T0_CFG, HPET_T0_CMP, Boot, ClockTick, rtc_rate_code
+from aemu.workloads.boot import HPET_T0_CFG, HPET_T0_CMP, Boot, ClockTick
 from aemu.workloads.console import Console
 from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, HPETTorture, Idle, PMTimerBench
 
@@ -285,7 +285,6 @@ class TestPrograms:
         # (2 ticks = 559 ns per read: 2 more); then the rendezvous (alone: no wait), the progress
         # line and the idle tick
         assert prog == [
-            PIOWrite(0x70, 0x0A, 1), PIOWrite(0x71, 0x20 | 3, 1),  # the RTC's rate: 122 us, nearest 30 ns
             PIOWrite(0xCF8, 0x8000_0000, 4), PIORead(0xCFC, 4),  # PCI config scan, slot 0
             PIOWrite(0x70, 0x00, 1), PIORead(0x71, 1),  # RTC seconds, minutes, hours
             PIOWrite(0x70, 0x02, 1), PIORead(0x71, 1),
@@ -295,10 +294,8 @@ class TestPrograms:
             read, Compute(50), read, Compute(50), read,
             Arrive(rendezvous), SpinUntil(rendezvous),
             *(PIOWrite(0x3F8, b, 1) for b in b"phase 0 done\r\n"),
-            # the clock owner idles on the RTC's periodic interrupt: PIE on, IRQ8, register C, PIE off
-            PIOWrite(0x70, 0x0B, 1), PIORead(0x71, 1), PIOWrite(0x70, 0x0B, 1), PIOWrite(0x71, 0x40, 1),
-            WaitForVector(0x38), PIOWrite(0x70, 0x0C, 1), PIORead(0x71, 1), PIOWrite(0x70, 0x0B, 1),
-            PIOWrite(0x71, 0x00, 1)]
+            # without an HPET the clock owner idles on its LAPIC timer (Windows 24H2 has no RTC clock)
+            LAPICTimer(30, 0xEC), WaitForVector(0xEC)]
 
     @pytest.mark.parametrize(("machine_args", "first", "clock"), [
         ("-M q35,hpet=off -cpu host", [], PIORead(0x608, 4)),  # the ACPI PM timer
@@ -325,10 +322,6 @@ class TestPrograms:
         assert "acpi-tmr" not in bsp.exits_by_region and bsp.exits_by_region["hpet"] > 0
         assert bsp.interrupts == 1  # the tick
 
-    def test_rtc_rate_nearest_the_tick(self) -> None:
-        # 2**(c-1) cycles of 32.768 kHz: c=4 is 244 us, c=6 976.6 us, c=10 15.625 ms (Windows' 64 Hz)
-        assert [rtc_rate_code(ns) for ns in (1, 200_000, 1_000_000, 15_625_000, 10**10)] == [3, 4, 6, 10, 15]
-
     def test_clock_tick_on_the_hpet_is_windows_sequence_and_reprograms_when_late(self) -> None:
         m = machine(f"-M q35,hpet=on -smp 1 {SPLIT} --workload boot", **self.BOOT)
         tick = ClockTick(m, 1_000)  # 100 HPET ticks
@@ -342,7 +335,7 @@ class TestPrograms:
         assert MMIOWrite(cmp, 5_100, 4) in seq and MMIOWrite(cmp, 6_200, 4) in seq and seq[-1] == WaitForVector(0x30)
 
     @pytest.mark.parametrize(("hpet", "device"), [("on", "hpet"), ("off", "mc146818rtc")])
-    def test_the_clock_owner_idles_on_the_platform_timer(self, hpet: str, device: str) -> None:
+    def test_the_clock_owner_idles_on_windows_clock(self, hpet: str, device: str) -> None:
         from aemu import clock
         from aemu.runner import run_machine
 
@@ -355,8 +348,8 @@ class TestPrograms:
         dev = next(d for d in m.devices if d.type_name == device)
         if device == "hpet":
             assert dev.irq_raises == phases
-        else:
-            assert dev.cmos[0x0B] & 0x40 == 0  # PIE off again after each idle
+        else:  # its LAPIC timer, in KVM: the RTC's periodic interrupt is never enabled
+            assert dev.cmos[0x0A] == 0x26 and dev.cmos[0x0B] & 0x40 == 0  # rate and PIE as reset left them
 
     def test_boot_bsp_starts_the_aps_one_at_a_time(self) -> None:
         m = machine(f"-M q35,hpet=off -smp 3 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})

@@ -28,9 +28,10 @@ section 6 and in README's guest-profile table.
   PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
   (:mod:`aemu.sched`): one preempted in the guest, or woken from HLT -- not one asleep on the
   BQL in QEMU, which the spinners keep waiting for. Then each vCPU idles for one clock tick of
-  ``idle_ns``. The BSP, Windows' clock owner, prints a progress line and idles on the platform
-  timer's interrupt (:class:`ClockTick`: HPET timer 0 one-shots, or the RTC's periodic
-  interrupt); the APs arm their LAPIC timers and halt (assumption).
+  ``idle_ns``. The BSP, Windows' clock owner, prints a progress line and idles on the clock
+  Windows picks (:class:`ClockTick`: HPET timer 0 one-shots, else its LAPIC timer); the APs arm
+  their LAPIC timers and halt (with an HPET, Windows 24H2 would route their ticks through the
+  HPET too: docs/WINDOWS-GUEST.md 2.3).
 * The boot is done when every vCPU has finished its phases; the metric is the virtual time that
   took. A cap (``--duration``, default 2 s) ends a boot that stalls (``finished: false``).
 
@@ -111,11 +112,9 @@ HPET_T0_CFG, HPET_T0_CMP = 0xFED00100, 0xFED00108
 HPET_T0_WINDOWS_CFG = 0x134
 HPET_ENABLE_LEGACY = 0x3  # general config: ENABLE | LEG_RT_CNF (timer 0 on IRQ0, as the PIT was)
 RTC_INDEX, RTC_DATA = 0x70, 0x71
-RTC_REG_A, RTC_REG_B, RTC_REG_C = 0x0A, 0x0B, 0x0C
-RTC_DIVIDER_32K = 0x20  # register A bits 6-4 = 010: the 32.768 kHz time base runs (MC146818)
-RTC_PIE = 0x40  # register B: periodic interrupt enable
-#: The vectors the IOAPIC delivers ISA IRQ0 (pin 2) and IRQ8 on, to the BSP (IRQChip.program_like_linux)
-CLOCK_VECTOR = {"hpet": 0x30, "rtc": 0x38}
+#: The vector the IOAPIC delivers ISA IRQ0 (pin 2: HPET timer 0 in legacy replacement mode) on,
+#: to the BSP (IRQChip.program_like_linux)
+HPET_CLOCK_VECTOR = 0x30
 
 
 def cmos_read(reg: int) -> Generator[Exit, Any, int]:
@@ -131,67 +130,62 @@ def cmos_write(reg: int, value: int) -> GuestProgram:
     yield PIOWrite(RTC_DATA, value, 1)
 
 
-def rtc_rate_code(period_ns: int) -> int:
-    """Register A's rate select whose periodic interrupt is nearest ``period_ns``: code c >= 3
-    gives 2**(c-1) cycles of 32.768 kHz (MC146818; QEMU ``periodic_period_to_clock``)."""
-    return min(range(3, 16), key=lambda c: abs((1 << (c - 1)) * 1_000_000_000 // 32768 - period_ns))
+def lapic_idle(period_ns: int) -> GuestProgram:
+    """Arm the vCPU's LAPIC timer for one ``period_ns`` one-shot (KVM emulates it in the kernel)
+    and halt until it fires."""
+    yield LAPICTimer(period_ns, IDLE_VECTOR)
+    yield WaitForVector(IDLE_VECTOR)
 
 
 class ClockTick:
-    """The clock interrupt Windows' clock owner (the BSP) idles on: the machine's platform timer.
+    """The clock interrupt Windows' clock owner (the BSP) idles on, as Windows 11 24H2 / Server
+    2025 picks it under a hypervisor without synthetic timers (``HalpTimerFindIdealClockSource``,
+    docs/WINDOWS-GUEST.md 2.3): the HPET when present, else the LAPIC timer (the kernel has no
+    RTC or 8254 clock plugin any more).
 
     With an HPET, timer 0 in legacy replacement mode as one-shots, each programmed with the
     sequence Windows 1809 uses (seven 32-bit accesses: counter, config, config, comparator,
     config, comparator, counter; VirtualBox DevHPET.cpp); if the last counter read shows the
     comparator already passed, it is programmed again further ahead (assumption: what the
-    closing counter read is for; Linux does the same). Without one, the RTC's periodic
-    interrupt, enabled for the idle and acknowledged by reading register C. Which device drives
-    Windows' tick without Hyper-V synthetic timers is not documented (QEMU hyperv.rst: "revert to
-    using HPET (or even RTC when HPET is unavailable)"); this choice is the assumption of
-    docs/WINDOWS-GUEST.md 6 (``tick_source``).
+    closing counter read is for; Linux does the same). Without one, a one-shot of the vCPU's own
+    LAPIC timer, which KVM emulates in the kernel (no exit to QEMU).
     """
 
-    __slots__ = ("source", "vector", "_hpet_ticks", "_rtc_rate")
+    __slots__ = ("source", "vector", "period_ns", "_hpet_ticks")
 
     def __init__(self, machine: Machine, period_ns: int) -> None:
-        self.source = "hpet" if machine.config.hpet else "rtc"
-        self.vector = CLOCK_VECTOR[self.source]
+        self.source = "hpet" if machine.config.hpet else "lapic"
+        self.vector = HPET_CLOCK_VECTOR if machine.config.hpet else IDLE_VECTOR
+        self.period_ns = period_ns
         self._hpet_ticks = max(1, period_ns // HPET_CLK_PERIOD_NS)
-        self._rtc_rate = rtc_rate_code(period_ns)
 
     def start(self) -> GuestProgram:
-        """At boot: the HPET enabled in legacy replacement mode, or the RTC's rate set."""
+        """At boot: the HPET enabled in legacy replacement mode (nothing to do for the LAPIC)."""
         if self.source == "hpet":
             yield MMIOWrite(HPET_CFG, HPET_ENABLE_LEGACY, 4)
-        else:
-            yield from cmos_write(RTC_REG_A, RTC_DIVIDER_32K | self._rtc_rate)
 
     def idle(self) -> GuestProgram:
         """Program one tick and halt until its interrupt."""
-        if self.source == "hpet":
-            ticks = self._hpet_ticks
-            while True:
-                now = yield MMIORead(HPET_COUNTER, 4)
-                yield MMIORead(HPET_T0_CFG, 4)
-                yield MMIOWrite(HPET_T0_CFG, HPET_T0_WINDOWS_CFG, 4)
-                cmp = (now + ticks) & 0xFFFF_FFFF
-                yield MMIOWrite(HPET_T0_CMP, cmp, 4)
-                yield MMIOWrite(HPET_T0_CFG, HPET_T0_WINDOWS_CFG, 4)
-                yield MMIORead(HPET_T0_CMP, 4)
-                after = yield MMIORead(HPET_COUNTER, 4)
-                if 0 < (cmp - after) & 0xFFFF_FFFF < 1 << 31:
-                    break  # armed: the counter has not reached the comparator yet
-                # the counter passed it while programming (the interrupt would come at the
-                # 32-bit wrap, 43 s on): program it again further ahead, as Linux's
-                # hpet_clkevt_set_next_event (-ETIME) and clockevents' min_delta do
-                ticks *= 2
-            yield WaitForVector(self.vector)
+        if self.source == "lapic":
+            yield from lapic_idle(self.period_ns)
             return
-        b = yield from cmos_read(RTC_REG_B)
-        yield from cmos_write(RTC_REG_B, b | RTC_PIE)
+        ticks = self._hpet_ticks
+        while True:
+            now = yield MMIORead(HPET_COUNTER, 4)
+            yield MMIORead(HPET_T0_CFG, 4)
+            yield MMIOWrite(HPET_T0_CFG, HPET_T0_WINDOWS_CFG, 4)
+            cmp = (now + ticks) & 0xFFFF_FFFF
+            yield MMIOWrite(HPET_T0_CMP, cmp, 4)
+            yield MMIOWrite(HPET_T0_CFG, HPET_T0_WINDOWS_CFG, 4)
+            yield MMIORead(HPET_T0_CMP, 4)
+            after = yield MMIORead(HPET_COUNTER, 4)
+            if 0 < (cmp - after) & 0xFFFF_FFFF < 1 << 31:
+                break  # armed: the counter has not reached the comparator yet
+            # the counter passed it while programming (the interrupt would come at the
+            # 32-bit wrap, 43 s on): program it again further ahead, as Linux's
+            # hpet_clkevt_set_next_event (-ETIME) and clockevents' min_delta do
+            ticks *= 2
         yield WaitForVector(self.vector)
-        yield from cmos_read(RTC_REG_C)  # acknowledge: the RTC lowers IRQ8
-        yield from cmos_write(RTC_REG_B, b & ~RTC_PIE & 0xFF)
 
 
 class Boot(Workload):
@@ -211,7 +205,7 @@ class Boot(Workload):
         "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (assumption)", min=1),
         "ap_start_us": Param(50, "an AP's start-up work before it checks in, us (assumption)"),
         "hv_read_ns": Param(50, "a reference TSC page read (TSC + page), ns (assumption)", min=1),
-        "idle_ns": Param(200_000, "clock tick idled for after each phase, ns: the BSP on the platform timer, "
+        "idle_ns": Param(200_000, "clock tick idled for after each phase, ns: the BSP on Windows' clock (the HPET, else its LAPIC timer), "
                                   "the APs on their LAPIC timers (assumption)", min=1),
         "pci_slots": Param(32, "PCI slots the BSP scans on bus 0 (PCI: 32 devices per bus)", max=32),
     }
@@ -259,8 +253,7 @@ class Boot(Workload):
                 yield from _serial(b"phase %d done\r\n" % phase)
                 yield from tick.idle()
             else:
-                yield LAPICTimer(p["idle_ns"], IDLE_VECTOR)
-                yield WaitForVector(IDLE_VECTOR)
+                yield from lapic_idle(p["idle_ns"])
 
     def metric(self, machine: Machine) -> Metric:
         return Metric("boot time", machine.finish_ns / 1e6, "ms")
