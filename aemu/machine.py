@@ -333,6 +333,8 @@ class Machine:
             raise NeedsAsyncioError("Machine.start") from None
         self._t0 = time.perf_counter()
         self.host.main_loop.start()
+        for dev in self.devices:
+            dev.vm_start()
         for cpu in self.vcpus:
             cpu.task = loop.create_task(cpu.run(), name=cpu.name)
             self._tasks.append(cpu.task)

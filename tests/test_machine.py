@@ -277,6 +277,23 @@ class TestRunCap:
 class TestRunMachine:
     """aemu.runner.run_machine: how a run ends (finished, cap, stop request, error, cancel)."""
 
+    def test_a_machine_built_outside_the_loop_runs_as_one_built_on_it(self) -> None:
+        """The PIT and the RTC arm their timers at reset, which needs a running loop: built
+        outside one, they reset when the machine starts. The boot with hpet=off then sees the
+        PIT's 18.2 Hz square wave on the main loop either way."""
+        from aemu import clock
+        from aemu.runner import run_machine
+
+        cfg = MachineConfig.parse(f"-M q35,hpet=off -smp 4 {SPLIT} --workload boot --series before "
+                                  "--param work_us=60000 --param phases=1")
+        on_loop = clock.run(run_machine(cfg))
+        built = Machine(cfg)
+        pit = next(d for d in built.devices if d.type_name == "isa-pit")
+        assert not pit.irq_timer.pending  # no loop yet: nothing armed
+        clock.run(run_machine(built))
+        assert built.finish_ns == on_loop.finish_ns > 60_000_000
+        assert built.host.main_loop.callbacks == on_loop.host.main_loop.callbacks > 0
+
     # 0.69 ms of virtual time (barging: the 3 APs seldom contend): it outlasts the 300 us cap and the 200 us cancel
     HPET = f"-smp 4 {SPLIT} --workload hpet-bench --param reads=200 --series before"
 

@@ -190,6 +190,8 @@ class Device:
     atomic_fields: ClassVar[frozenset[str]] = frozenset()
     #: aemu's own counters, kept for the reports and not in QEMU's device state: not checked.
     stat_fields: ClassVar[frozenset[str]] = frozenset({"reads", "writes"})
+    #: Built outside a running loop, so its reset (which arms timers) waits for :meth:`vm_start`.
+    _reset_at_start = False
 
     def __init__(self, host: DeviceHost, name: str | None = None) -> None:
         self.host = host
@@ -216,6 +218,13 @@ class Device:
         mr = MemoryRegion.io(name, size, MemoryRegionOps(read=read, write=write, **ops), owner=self)
         self.regions.append(mr)
         return mr
+
+    def vm_start(self) -> None:
+        """The machine starts on a running loop (QEMU resets devices before ``vm_start``): a
+        device built outside one resets now, so its timers run as if it had been built there."""
+        if self._reset_at_start:
+            self._reset_at_start = False
+            self.reset()  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

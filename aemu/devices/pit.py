@@ -134,6 +134,8 @@ class PITState(Device):
         self.map_io(iobase, self.region)
         if now is not None:
             self.reset()
+        else:
+            self._reset_at_start = True
 
     def reset(self) -> None:
         """``pit_reset``: mode 3, count 0x10000, channel 0's timer armed (needs a running loop)."""

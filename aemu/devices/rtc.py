@@ -114,6 +114,8 @@ class RTCState(Device):
         self.map_io(iobase, self.region)
         if _loop_running():
             self.reset()
+        else:
+            self._reset_at_start = True
 
     # -- CMOS for the machine (mc146818rtc_set_cmos_data / _get_cmos_data) ------------------------
     def set_cmos_data(self, addr: int, value: int) -> None:
