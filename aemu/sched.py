@@ -183,7 +183,7 @@ class HostThread:
             task = asyncio.current_task()
             k = _keepers.get(task) if task is not None else None
             thread = k.thread if k is not None else None
-            self.waker = thread.cpu if thread is not None else -1
+            self.waker = thread.cpu if thread is not None and thread.host is self.host else -1
 
     def block(self, ready: bool = False) -> None:
         """The thread sleeps (futex wait, or HLT with ``ready``: KVM marks a vCPU woken from HLT
