@@ -142,6 +142,10 @@ class Result:
     #: What ``aemu check`` / ``aemu run --check`` found (:meth:`aemu.check.CheckReport.to_dict`),
     #: or None for a run without the checker (the document then has no ``check`` key).
     check: dict[str, Any] | None = None
+    #: With ``--host-cpus``: how the host scheduler shared them (:meth:`aemu.sched.HostCPUs.statistics`:
+    #: dispatches, preemptions, wake-up preemptions, directed yields, pulls, wake-affine wake-ups),
+    #: else None (the document then has no ``host_cpus`` key).
+    host_cpus: dict[str, int] | None = None
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -178,7 +182,8 @@ class Result:
         return cls(m.config, m.finish_ns, m.wall_s, m.workload.name, m.finished, m.workload.metric(m),
                    locks, tuple(vcpus), regions, counts, serial,
                    tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns, m.interrupted,
-                   m.workload.open_ended)
+                   m.workload.open_ended,
+                   host_cpus=m.host_cpus.statistics() if m.host_cpus is not None else None)
 
     def regions_by_name(self) -> dict[str, RegionLatency]:
         """Region latency summaries keyed by region name."""
@@ -220,6 +225,8 @@ class Result:
         }
         if self.check is not None:
             doc["check"] = self.check
+        if self.host_cpus is not None:
+            doc["host_cpus"] = dict(self.host_cpus)
         return doc
 
 

@@ -340,6 +340,25 @@ class TestRunReport:
         model = next(line for line in section(render_run_report(r, plain=True), "aemu run") if "model" in line)
         assert model.strip().endswith("seed 1; 2 host CPUs with per-CPU run queues")
 
+    def test_the_host_cpus_line_says_how_the_scheduler_shared_them(self, capped: Result) -> None:
+        r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-rq per-cpu --param reads=10"))
+        st = r.host_cpus
+        assert st is not None and st["dispatches"] > 0 and st["cpus"] == 2
+        line = next(line for line in section(render_run_report(r, plain=True), "aemu run")
+                    if line.strip().startswith("host CPUs"))
+        assert line.split("host CPUs", 1)[1].strip() == (
+            f"{st['dispatches']:,} dispatches, {st['preemptions']:,} preemptions, {st['wakeup_preemptions']:,} "
+            f"wake-up preemptions, {st['directed_yields']:,} directed yields, {st['pulls']:,} idle pulls, "
+            f"{st['affine_wakeups']:,} wake-affine wake-ups")
+        assert r.to_dict()["host_cpus"] == st
+        # with a CPU per thread there is no host scheduler: no line, no key
+        assert capped.host_cpus is None and "host_cpus" not in capped.to_dict()
+        assert not any(line.strip().startswith("host CPUs")
+                       for line in section(render_run_report(capped, plain=True), "aemu run"))
+        # one run queue: nothing moves between queues, so the line leaves pulls out
+        one = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --param reads=10"))
+        assert "pulls" not in render_run_report(one, plain=True) and one.host_cpus is not None
+
     def test_plain_numbers(self, capped: Result) -> None:
         text = render_run_report(capped, plain=True)
         bql = capped.bql

@@ -117,11 +117,21 @@ def _summary(result: Result) -> _Fields:
         ("series", _series(result)),
         ("model", f"BQL hand-off {cfg.lock_policy}; quantum {_number(cfg.quantum_ns / 1e3)} µs; seed {cfg.seed}"
                   + (f"; {cfg.host_text()}" if cfg.host_cpus else "")),
+        *((("host CPUs", _host_cpus(result.host_cpus, cfg.host_rq == "per-cpu")),) if result.host_cpus else ()),
         ("metric", metric),
         ("status", _status(result)),
         ("virtual time", f"{_ms(result.virtual_ns)} ms"),
         ("wall time", f"{result.wall_s:,.2f} s"),
     ))
+
+
+def _host_cpus(st: dict[str, int], per_cpu: bool) -> str:
+    """How the host scheduler shared the CPUs, with the moves between per-CPU queues if it has them."""
+    text = (f"{st['dispatches']:,} dispatches, {st['preemptions']:,} preemptions, "
+            f"{st['wakeup_preemptions']:,} wake-up preemptions, {st['directed_yields']:,} directed yields")
+    if per_cpu:
+        text += f", {st['pulls']:,} idle pulls, {st['affine_wakeups']:,} wake-affine wake-ups"
+    return text
 
 
 def _wait_share(result: Result, name: str) -> float:
