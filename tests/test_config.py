@@ -94,5 +94,6 @@ def test_smp_limit_is_qemu_q35s_4096() -> None:
 def test_host_text_names_the_host_and_only_what_is_not_the_default() -> None:
     assert MachineConfig.parse("-smp 4").host_text() == ""
     assert MachineConfig.parse("-smp 4 --host-cpus 2").host_text() == "2 host CPUs"
+    assert MachineConfig.parse("-smp 4 --host-cpus 1").host_text() == "1 host CPU"
     assert MachineConfig.parse("-smp 4 --host-cpus 2 --host-sched cfs --host-rq per-cpu").host_text() == \
         "2 host CPUs scheduled by CFS with per-CPU run queues"
