@@ -124,12 +124,6 @@ def cmos_read(reg: int) -> Generator[Exit, Any, int]:
     return int(value or 0)
 
 
-def cmos_write(reg: int, value: int) -> GuestProgram:
-    """Write a CMOS/RTC register: select it at port 0x70, write it at 0x71."""
-    yield PIOWrite(RTC_INDEX, reg, 1)
-    yield PIOWrite(RTC_DATA, value, 1)
-
-
 def lapic_idle(period_ns: int) -> GuestProgram:
     """Arm the vCPU's LAPIC timer for one ``period_ns`` one-shot (KVM emulates it in the kernel)
     and halt until it fires."""
