@@ -24,6 +24,20 @@ def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]
     row = next(line for line in out.splitlines() if line.startswith("boot: BQL acquisitions"))
     before, after = (int(x.replace(",", "")) for x in row.split()[-2:])
     assert before > 10 * after
+    # each boot beside the hv-time boot after the series: the model's own ratio of boot times
+    lines = out.splitlines()
+    at = lines.index("each boot as a multiple of the hv-time boot after the series (published: about 1-2 min):")
+    cells = [[c.strip() for c in line.split("  ") if c.strip()] for line in lines[at + 3:at + 7]]
+    rel = {label: (published, model) for label, published, model in cells}
+    assert [published for published, _ in rel.values()] == ["> 15", "1.0-2.0", "2.1-4.2", "1.2-2.4"]
+
+    def model_ms(row: str) -> list[float]:  # a published-table row's model before and after, in ms
+        cells = next(line for line in lines if line.startswith(row)).split()
+        return [float(x.replace(",", "")) for x, unit in zip(cells, cells[1:]) if unit == "ms"]
+
+    hv_after = model_ms("boot, -cpu host,hv-time")[1]
+    hpet_before = model_ms("boot, hpet=on")[0]
+    assert float(rel["boot, hpet=on, before"][1]) == pytest.approx(hpet_before / hv_after, abs=0.006)
 
 
 def test_compare_names_a_host_scheduler_other_than_the_default(capsys: pytest.CaptureFixture[str]) -> None:
