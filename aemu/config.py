@@ -203,9 +203,10 @@ class MachineConfig:
         queues"; the defaults unsaid), or "" with a CPU per thread (no ``--host-cpus``)."""
         if not self.host_cpus:
             return ""
-        return (f"{self.host_cpus} host CPU{'s' if self.host_cpus != 1 else ''}" + (f" scheduled by {self.host_sched.upper()}"
-                                                 if self.host_sched != "eevdf" else "")
-                + (" with per-CPU run queues" if self.host_rq != "global" else ""))
+        cpus = f"{self.host_cpus} host CPU{'s' if self.host_cpus != 1 else ''}"
+        sched = f" scheduled by {self.host_sched.upper()}" if self.host_sched != "eevdf" else ""
+        rq = " with per-CPU run queues" if self.host_rq != "global" else ""
+        return cpus + sched + rq
 
     def qemu_args(self) -> str:
         """The configuration as QEMU-style options."""

@@ -191,10 +191,14 @@ class HostThread:
         self.ready = ready
         self.blocked = True
         if self.host.percpu and not self.sleeping:
-            self.pelt(now_ns())
-            self.sleeping = True
+            self._pelt_sleeping(True)
         if self.on_cpu:
             self.host.release(self)
+
+    def _pelt_sleeping(self, sleeping: bool) -> None:
+        """Fall asleep or wake: the load average is brought to now under the state that ends."""
+        self.pelt(now_ns())
+        self.sleeping = sleeping
 
     def pelt(self, now: int) -> float:
         """Bring the load average to ``now`` (PELT, kernel/sched/pelt.c, as a continuous decay):
@@ -378,8 +382,7 @@ class HostCPUs:
         if t.on_cpu:
             return 0
         if t.sleeping:  # per CPU: woken, runnable from now (PELT)
-            t.pelt(now_ns())
-            t.sleeping = False
+            t._pelt_sleeping(False)
         free = self.free
         if free and (self.percpu or not (self.queues[0] or self.wokens[0])):
             if self.percpu and t.last_cpu in free:  # select_idle_sibling: its previous CPU if idle
@@ -427,7 +430,8 @@ class HostCPUs:
         self.dispatches += 1
         return waited
 
-    def _load(self, d: int) -> int:
+    def _queued(self, d: int) -> int:
+        """Threads waiting in queue ``d`` (newidle pulls from the longest; a new thread joins the shortest)."""
         return len(self.wokens[d]) + len(self.queues[d])
 
     def _target(self, t: HostThread) -> int:
@@ -441,7 +445,7 @@ class HostCPUs:
         if not self.percpu:
             return prev
         if prev < 0:
-            return min(range(self.n), key=self._load)
+            return min(range(self.n), key=self._queued)
         if this >= 0 and this != prev and t.blocked:
             now = now_ns()
             own = t.pelt(now)
@@ -506,8 +510,8 @@ class HostCPUs:
                     return
             if not self.percpu:
                 break
-            d = max(range(self.n), key=self._load)
-            if not self._load(d):
+            d = max(range(self.n), key=self._queued)
+            if not self._queued(d):
                 break
             pulled = True
         self.free.append(cpu)
