@@ -15,14 +15,19 @@ section 6 and in README's guest-profile table.
 * **BSP (vCPU 0)**: enables the HPET when it uses it, scans PCI bus 0 (``pci-conf-idx`` write +
   ``pci-conf-data`` read per slot), reads the RTC, prints a banner on the serial port, then
   starts the APs one at a time, as ``KeStartAllProcessors`` does: a startup IPI, then it stalls
-  (``KeStallExecutionProcessor``, polling the clock) until that AP has checked in.
+  (``KeStallExecutionProcessor``, polling the clock) until that AP has checked in. Windows stalls
+  1 ms between two checks (``HalpInterruptWaitForProcessorStartUp``); the profile stalls
+  ``stall_us``, so that the start-up keeps a share of the shortened boot nearer its share of a real
+  one (docs/WINDOWS-GUEST.md 2.1).
 * **An AP** waits for its startup IPI, spends ``ap_start_us`` of guest work initialising, checks
   in, and idles (HLT) until the BSP has started every AP and sends it an IPI (assumption: the
   APs get work once all processors are up, as in Linux's ``smp_init``).
 * **Every vCPU** then runs ``phases`` phases: ``work_us`` of guest work during which it reads the
   clock ``qpc_per_s`` times per second of work (counted: a slower read makes the work longer),
   and ``stalls`` calls of ``KeStallExecutionProcessor(stall_us)``, which spin on the clock until
-  the deadline has passed (timed: a slower read means fewer reads, not a longer stall). After
+  the deadline has passed (timed: a slower read means fewer reads, not a longer stall), one PAUSE
+  between two reads, as the HAL's ``HalpTimerStallExecutionProcessor`` polls QPC's counter when
+  the TSC is not invariant (docs/WINDOWS-GUEST.md 2.1). After
   each phase the vCPUs meet at a rendezvous in guest memory (an IPI generic call's barrier):
   early arrivers spin with ``pause`` (Windows' spin-waits use ``KeYieldProcessor``, i.e.
   PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
@@ -196,7 +201,8 @@ class Boot(Workload):
         "stalls": Param(10, "KeStallExecutionProcessor calls per vCPU per phase (assumption)"),
         "stall_us": Param(20, "each stall, us (KeStallExecutionProcessor docs: typically under 50; 20: assumption)",
                           min=1),
-        "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (assumption)", min=1),
+        "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (one PAUSE: about 10-140 cycles, "
+                               "Intel; 50: assumption)", min=1),
         "ap_start_us": Param(50, "an AP's start-up work before it checks in, us (assumption)"),
         "hv_read_ns": Param(50, "a reference TSC page read (TSC + page), ns (assumption)", min=1),
         "idle_ns": Param(200_000, "clock tick idled for after each phase, ns: the BSP on Windows' clock (the HPET, else its LAPIC timer), "
