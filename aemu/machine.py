@@ -139,6 +139,9 @@ class Machine:
         self.host.patches = set(config.patches)  # validated by MachineConfig
         self.finish_ns = 0
         self.finished = False
+        #: Points the workload's guest programs reached (:meth:`milestone`): name -> virtual ns
+        #: since the start, in the order reached.
+        self.milestones: dict[str, int] = {}
         #: True when the run was cancelled (Ctrl-C) before it ended.
         self.interrupted = False
         self.wall_s = 0.0
@@ -305,6 +308,14 @@ class Machine:
                 merged.update(counts)
         return region_latency(name, merged)
 
+    def milestone(self, name: str) -> None:
+        """Record that the run has reached ``name`` (the first time only), at the calling vCPU's
+        virtual time since the start: a guest program calls it to split the run into parts
+        (the ``boot`` marks when its APs are started and when each phase is done). Outside a run
+        (a guest program driven by hand) there is no time to record, and nothing is."""
+        if self._tasks:
+            self.milestones.setdefault(name, clock.local_now_ns() - self.start_ns)
+
     def describe_waiters(self) -> dict[asyncio.Task[Any], str]:
         """For deadlock reports: halted vCPUs wait for an interrupt."""
         return {c.task: f"an interrupt (vCPU {c.index} halted in HLT)" for c in self.vcpus
@@ -344,6 +355,7 @@ class Machine:
             self._tasks.append(t)
             t.add_done_callback(self._side_done)
         self.start_ns = clock.now_ns()
+        self.milestones = {}
         self._ended = False
         self.bql_utilisation.origin_ns = self.start_ns
         if self.tracer is not None:

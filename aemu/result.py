@@ -146,6 +146,10 @@ class Result:
     #: dispatches, preemptions, wake-up preemptions, directed yields, pulls, wake-affine wake-ups),
     #: else None (the document then has no ``host_cpus`` key).
     host_cpus: dict[str, int] | None = None
+    #: (name, virtual ns since the start) of each point the workload marked
+    #: (:meth:`aemu.machine.Machine.milestone`), in the order reached; empty if it marks none
+    #: (the document then has no ``workload.milestones`` key).
+    milestones: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_machine(cls, m: Machine) -> Result:
@@ -183,7 +187,12 @@ class Result:
                    locks, tuple(vcpus), regions, counts, serial,
                    tuple(util.series(until_ns=max(m.finish_ns, 1))), util.bin_ns, m.interrupted,
                    m.workload.open_ended,
-                   host_cpus=m.host_cpus.statistics() if m.host_cpus is not None else None)
+                   host_cpus=m.host_cpus.statistics() if m.host_cpus is not None else None,
+                   milestones=tuple(m.milestones.items()))
+
+    def milestone_ns(self, name: str) -> int | None:
+        """When the run reached the milestone ``name`` (virtual ns since the start), or None."""
+        return dict(self.milestones).get(name)
 
     def regions_by_name(self) -> dict[str, RegionLatency]:
         """Region latency summaries keyed by region name."""
@@ -202,14 +211,18 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """The versioned result document (schema ``aemu.result/1``, see README)."""
+        workload: dict[str, Any] = {"name": self.workload, "finished": self.finished,
+                                    "metric": {"name": self.metric.name, "value": self.metric.value,
+                                               "unit": self.metric.unit}}
+        if self.milestones:
+            workload["milestones"] = dict(self.milestones)
         doc = {
             "schema": SCHEMA,
             "config": self.config.to_dict(),
             "virtual_ns": self.virtual_ns,
             "wall_s": round(self.wall_s, 3),
             "interrupted": self.interrupted,
-            "workload": {"name": self.workload, "finished": self.finished,
-                         "metric": {"name": self.metric.name, "value": self.metric.value, "unit": self.metric.unit}},
+            "workload": workload,
             "locks": {("bql" if name == "BQL" else name): lock_dict(st) for name, st in self.locks.items()},
             "vcpus": [{"index": v.index, "exits": v.exits, "exits_by_kind": v.exits_by_kind,
                        "interrupts": v.interrupts, "finished": v.finished,

@@ -38,6 +38,16 @@ def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]
     hv_after = model_ms("boot, -cpu host,hv-time")[1]
     hpet_before = model_ms("boot, hpet=on")[0]
     assert float(rel["boot, hpet=on, before"][1]) == pytest.approx(hpet_before / hv_after, abs=0.006)
+    # each boot in two parts, split at the BSP's "APs started" milestone: they add up to the boot
+    at = next(i for i, line in enumerate(lines) if line.startswith("the model's boots in two parts"))
+    assert lines[at + 3].split() == ["start-up", "before", "after", "ratio", "phases", "before", "after", "ratio"]
+    for line, row in zip(lines[at + 4:at + 7], ("boot, hpet=off (ACPI PM timer)", "boot, hpet=on", "boot, -cpu host,hv-time")):
+        assert line.startswith(row)
+        cells = line[len(row):].split()
+        up0, up1, ph0, ph1 = (float(x.replace(",", "")) for x, unit in zip(cells, cells[1:]) if unit == "ms")
+        total0, total1 = model_ms(row)
+        assert up0 + ph0 == pytest.approx(total0, abs=0.011) and up1 + ph1 == pytest.approx(total1, abs=0.011)
+        assert float(cells[-1].removesuffix("x")) == pytest.approx(ph0 / ph1, abs=0.006)
 
 
 def test_compare_names_a_host_scheduler_other_than_the_default(capsys: pytest.CaptureFixture[str]) -> None:

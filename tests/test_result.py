@@ -175,10 +175,17 @@ class TestDocument:
                            "vcpus", "regions", "series"]
         assert d["schema"] == SCHEMA == "aemu.result/1"
         assert d["workload"] == {"name": "boot", "finished": True,
-                                 "metric": {"name": "boot time", "value": boot.virtual_ns / 1e6, "unit": "ms"}}
+                                 "metric": {"name": "boot time", "value": boot.virtual_ns / 1e6, "unit": "ms"},
+                                 "milestones": dict(boot.milestones)}
         assert d["config"] == boot.config.to_dict() and d["virtual_ns"] == boot.virtual_ns
         assert "bql" in d["locks"] and "BQL" not in d["locks"]
         assert set(d["locks"]["bql"]) == {"acquisitions", "contentions", "wait_ns", "hold_ns", "sites", "holder_sites"}
+
+    def test_milestones_only_for_a_workload_that_marks_them(self, boot: Result) -> None:
+        assert [name for name, _ in boot.milestones] == ["APs started", "phase 0 done"]  # phases=1
+        assert boot.milestone_ns("APs started") == boot.milestones[0][1] and boot.milestone_ns("nowhere") is None
+        bench = simulate(MachineConfig.parse(f"-smp 2 -M q35,hpet=on {SPLIT} --workload hpet-bench --param reads=5"))
+        assert bench.milestones == () and "milestones" not in bench.to_dict()["workload"]
 
     def test_vcpus_and_regions(self, boot: Result) -> None:
         d = boot.to_dict()

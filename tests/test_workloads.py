@@ -429,3 +429,44 @@ class TestMetrics:
     def test_boot_scores_its_time_in_ms(self) -> None:
         r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --workload boot --param phases=1"))
         assert r.finished and r.metric == Metric("boot time", r.virtual_ns / 1e6, "ms")
+
+
+# -- milestones -----------------------------------------------------------------------------------
+
+class Marks(Workload):
+    """A user workload: vCPU i computes (i + 1) us, marks it, computes 1 us more and marks that."""
+
+    name = "marks"
+
+    def program(self, machine: Machine, index: int, rng: random.Random) -> GuestProgram:
+        yield Compute(1_000 * (index + 1))
+        machine.milestone("a first compute done")
+        yield Compute(1_000)
+        machine.milestone(f"vCPU {index} done")
+
+    def metric(self, machine: Machine) -> Metric:
+        return Metric("marks", len(machine.milestones), "")
+
+
+class TestMilestones:
+    def test_a_milestone_is_when_it_was_first_reached_from_the_start(self) -> None:
+        r = simulate(MachineConfig.parse(f"-smp 2 {SPLIT} --quantum 0"), Marks())
+        times = dict(r.milestones)
+        assert list(times) == ["a first compute done", "vCPU 0 done", "vCPU 1 done"]
+        # vCPU 0 reached the first mark (vCPU 1 reached it 1 us later, which does not move it)
+        assert times["a first compute done"] < times["vCPU 0 done"] <= times["vCPU 1 done"] == r.virtual_ns
+        assert times["vCPU 0 done"] - times["a first compute done"] == 1_000
+        assert r.metric.value == 3
+
+    def test_each_run_of_a_machine_starts_with_none(self) -> None:
+        m = Machine(MachineConfig.parse(f"-smp 1 {SPLIT}"), Marks())
+        m.milestones["left from before"] = 5
+        r = simulate(m.config, Marks())
+        assert "left from before" not in dict(r.milestones)
+
+    def test_the_boot_marks_its_start_up_and_each_phase(self) -> None:
+        r = simulate(MachineConfig.parse(f"-M q35,hpet=off -smp 4 {SPLIT} --workload boot --param phases=2"))
+        assert [name for name, _ in r.milestones] == ["APs started", "phase 0 done", "phase 1 done"]
+        times = [ns for _, ns in r.milestones]
+        assert 0 < times[0] < times[1] < times[2] <= r.virtual_ns
+        assert r.to_dict()["workload"]["milestones"] == dict(r.milestones)

@@ -65,6 +65,9 @@ STARTUP_VECTOR = 0x30
 IDLE_VECTOR = 0xEC  # the LAPIC timer
 PM_TIMER_HZ = 3_579_545  # ACPI PM timer frequency (ACPI spec; QEMU hw/acpi/core.c PM_TIMER_FREQUENCY)
 GO_VECTOR = 0xFB  # the IPI the BSP sends each AP once all are up
+#: The milestone the BSP marks once it has started every AP and sent each its work: the boot's
+#: start-up (the BSP alone) ends and its phases (every vCPU) begin.
+APS_STARTED = "APs started"
 
 
 class GuestClock:
@@ -234,6 +237,7 @@ class Boot(Workload):
                     yield from qpc.stall(p["stall_us"] * 1000, poll)
             for ap in range(1, self.cpus):
                 yield SendIPI(ap, GO_VECTOR)
+            machine.milestone(APS_STARTED)
         else:
             yield WaitForVector(STARTUP_VECTOR)
             yield Compute(p["ap_start_us"] * 1000)
@@ -250,6 +254,7 @@ class Boot(Workload):
             yield Arrive(self.rendezvous[phase])  # the barrier lives in guest RAM: no exit
             yield SpinUntil(self.rendezvous[phase])
             if index == 0:
+                machine.milestone(f"phase {phase} done")
                 yield from _serial(b"phase %d done\r\n" % phase)
                 yield from tick.idle()
             else:
