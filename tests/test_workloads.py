@@ -21,7 +21,7 @@ from aemu.machine import Machine
 from aemu.replay import ReplayWorkload
 from aemu.result import Metric
 from aemu.workloads import BUILTIN_WORKLOADS, WORKLOADS, Workload, get_workload, register
-from aemu.workloads.boot import HPET_T0_CFG, HPET_T0_CMP, Boot, ClockTick
+from aemu.workloads.boot import HPET_T0_CFG, HPET_T0_CMP, Boot, ClockTick, GuestClock
 from aemu.workloads.console import Console
 from aemu.workloads.micro import HPET_CFG, HPET_COUNTER, HPETBench, HPETTorture, Idle, PMTimerBench
 
@@ -106,7 +106,7 @@ class TestParameters:
         (HPETTorture, {"reads": 300, "toggles": 300}),
         (PMTimerBench, {"reads": 300}),
         (Idle, {"tick_ns": 1_000_000}),
-        (Boot, {"phases": 3, "work_us": 2_000, "qpc_per_s": 10_000, "stalls": 10, "stall_us": 20, "poll_ns": 50,
+        (Boot, {"phases": 3, "work_us": 2_000, "qpc_per_s": 10_000, "stalls_per_s": 5_000, "stall_us": 20, "poll_ns": 50,
                 "ap_start_us": 50, "hv_read_ns": 50, "idle_ns": 200_000, "pci_slots": 32}),
     ])
     def test_defaults(self, cls: type[Workload], defaults: dict[str, Any]) -> None:
@@ -268,7 +268,7 @@ class TestPrograms:
 
     # The boot (the Windows guest profile, docs/WINDOWS-GUEST.md): the clock source follows the
     # machine, stalls spin until a deadline, work reads the clock at a rate.
-    BOOT = dict(phases=1, pci_slots=1, work_us=2, qpc_per_s=1_000_000, stalls=1, stall_us=1, poll_ns=50,
+    BOOT = dict(phases=1, pci_slots=1, work_us=2, qpc_per_s=1_000_000, stalls_per_s=500_000, stall_us=1, poll_ns=50,
                 ap_start_us=0, idle_ns=30)
 
     def test_boot_bsp_on_one_cpu(self) -> None:
@@ -375,6 +375,26 @@ class TestPrograms:
         ap = m.workload.program(m, 1, random.Random(0))
         assert next(ap) == WaitForVector(0x30)
         assert ap.send(None) == Compute(0)  # its start-up work (ap_start_us=0 here), then it checks in
+
+    @pytest.mark.parametrize("work_us, stalls", [(2_000, 10), (8_000, 40)])
+    def test_boot_stalls_at_a_rate_of_work_so_a_phase_length_changes_only_how_often_vcpus_meet(
+            self, work_us: int, stalls: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[int] = []
+        real = GuestClock.stall
+
+        def stall(clock: GuestClock, ns: int, poll: Compute) -> GuestProgram:
+            calls.append(ns)
+            return real(clock, ns, poll)
+
+        monkeypatch.setattr(GuestClock, "stall", stall)
+        m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", phases=1, pci_slots=0, work_us=work_us,
+                    ap_start_us=0)
+        ticks = iter(range(0, 10**9, 100))  # 100 PM-timer ticks (28 us) pass between two reads
+        out = drive(m.workload.program(m, 1, random.Random(0)), 10_000,
+                    lambda e: next(ticks) if e == PIORead(0x608, 4) else 0)
+        assert out[-1] == WaitForVector(0xEC)  # the AP ran its one phase to the end
+        assert calls == [20_000] * stalls  # stalls_per_s=5,000 of 20 us each, per second of work
+        assert out.count(Compute(100_000)) == work_us * 10_000 // 1_000_000  # qpc_per_s=10,000: a read per 100 us
 
     def test_boot_aps_idle_until_all_are_up_then_meet_at_a_spin_barrier(self) -> None:
         m = machine(f"-M q35,hpet=off -smp 2 {SPLIT} --workload boot", **{**self.BOOT, "pci_slots": 0})

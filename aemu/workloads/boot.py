@@ -24,13 +24,14 @@ section 6 and in README's guest-profile table.
   APs get work once all processors are up, as in Linux's ``smp_init``).
 * **Every vCPU** then runs ``phases`` phases: ``work_us`` of guest work during which it reads the
   clock ``qpc_per_s`` times per second of work (counted: a slower read makes the work longer),
-  and ``stalls`` calls of ``KeStallExecutionProcessor(stall_us)``, which spin on the clock until
-  the deadline has passed (timed: a slower read means fewer reads, not a longer stall), one PAUSE
-  between two reads, as the HAL's ``HalpTimerStallExecutionProcessor`` polls QPC's counter when
-  the TSC is not invariant (docs/WINDOWS-GUEST.md 2.1). After
-  each phase the vCPUs meet at a rendezvous in guest memory (an IPI generic call's barrier):
-  early arrivers spin with ``pause`` (Windows' spin-waits use ``KeYieldProcessor``, i.e.
-  PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
+  and calls ``KeStallExecutionProcessor(stall_us)`` ``stalls_per_s`` times per second of work.
+  A stall spins on the clock until the deadline has passed (timed: a slower read means fewer
+  reads, not a longer stall), one PAUSE between two reads, as the HAL's
+  ``HalpTimerStallExecutionProcessor`` polls QPC's counter when the TSC is not invariant
+  (docs/WINDOWS-GUEST.md 2.1). Both are rates, so ``work_us`` sets only how often the vCPUs
+  meet, not what they do between two meetings. After each phase the vCPUs meet at a rendezvous
+  in guest memory (an IPI generic call's barrier): early arrivers spin with ``pause`` (Windows'
+  spin-waits use ``KeYieldProcessor``, i.e. PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
   (:mod:`aemu.sched`): one preempted in the guest, or woken from HLT -- not one asleep on the
   BQL in QEMU, which the spinners keep waiting for. Then each vCPU idles for one clock tick of
   ``idle_ns``. The BSP, Windows' clock owner, prints a progress line and idles on the clock
@@ -197,11 +198,14 @@ class Boot(Workload):
     summary = "Windows-like SMP boot reading the clock the machine offers; metric: time to finish"
 
     parameters = {
-        "phases": Param(3, "boot phases, each ending in a rendezvous of all vCPUs (assumption)", min=1),
-        "work_us": Param(2_000, "guest work per vCPU per phase, us (assumption: a shortened boot)", min=1),
+        "phases": Param(3, "boot phases, each ending in a rendezvous of all vCPUs (assumption: the boot is "
+                           "shortened to this many)", min=1),
+        "work_us": Param(2_000, "guest work per vCPU per phase, us: the interval between two rendezvous of all "
+                                "vCPUs (assumption; the ratios depend on it, README)", min=1),
         "qpc_per_s": Param(10_000, "clock reads per second of guest work (assumption in the 2k-50k range of "
                                    "docs/WINDOWS-GUEST.md 6)", min=1),
-        "stalls": Param(10, "KeStallExecutionProcessor calls per vCPU per phase (assumption)"),
+        "stalls_per_s": Param(5_000, "KeStallExecutionProcessor calls per second of guest work (assumption: 10 in "
+                                     "each 2 ms phase)"),
         "stall_us": Param(20, "each stall, us (KeStallExecutionProcessor docs: typically under 50; 20: assumption)",
                           min=1),
         "poll_ns": Param(50, "guest work between two clock reads in a stall, ns (one PAUSE: about 10-140 cycles, "
@@ -245,11 +249,12 @@ class Boot(Workload):
             yield WaitForVector(GO_VECTOR)
         interval = Compute(max(1, 10**9 // p["qpc_per_s"]))
         reads = max(1, p["work_us"] * p["qpc_per_s"] // 1_000_000)
+        stalls = p["work_us"] * p["stalls_per_s"] // 1_000_000
         for phase in range(p["phases"]):
             for i in range(reads):
                 yield interval
                 yield from qpc.read()
-                if i * p["stalls"] // reads != (i + 1) * p["stalls"] // reads:  # stalls spread over the work
+                if i * stalls // reads != (i + 1) * stalls // reads:  # stalls spread over the work
                     yield from qpc.stall(p["stall_us"] * 1000, poll)
             yield Arrive(self.rendezvous[phase])  # the barrier lives in guest RAM: no exit
             yield SpinUntil(self.rendezvous[phase])
