@@ -805,8 +805,8 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
     "--workload": "sensitivity runs compare's boot and hpet-bench",
     "--series": "sensitivity runs both series; --patch -NAME takes a switch out of 'after'"})
 @click.option("--params", "params", metavar="LIST",
-              help="Costs to vary, e.g. costs.bql_handoff_ns,costs.handler_ns.hpet [every cost, and the "
-                   "acpi-tmr and hpet handler costs].")
+              help="Costs and boot parameters to vary, e.g. costs.bql_handoff_ns,param.work_us [every cost, "
+                   "the acpi-tmr and hpet handler costs, and the boot's profile parameters].")
 @click.option("--factors", default="0.5,2", show_default=True, metavar="LIST",
               help="Multiples of each cost's value to run at.")
 @click.option("--executor", default="local", show_default=True, metavar="local|dask|dask://HOST:PORT", help=_EXECUTOR_HELP)
@@ -817,17 +817,18 @@ def sweep(smp_list: str | None, series_list: str | None, patch_list: tuple[str, 
 @_machine_args
 def sensitivity(params: str | None, factors: str, executor: str, jobs: int | None, json_path: str | None,
                 plot_dir: str | None, quiet: bool, args: tuple[str, ...]) -> None:
-    """How far the compare verdict moves when each cost is scaled, one at a time (0.5x and 2x).
+    """How far the compare verdict moves when each cost or boot parameter is scaled, one at a time (0.5x and 2x).
 
-    Runs compare's four runs (boot and hpet-bench, before and after, no ablation) at the costs as
-    they are and with one cost at a time scaled by each factor, and prints a table of the boot's
-    speed-up and the HPET read's median speed-up at each, most influential cost first, naming the
-    costs the verdict depends on (a figure moves more than 10%) and those it does not. The
-    machine is compare's, 240 vCPUs on 32 host CPUs (108 runs, about two minutes on 2 cores);
-    ARGS change it (see below), e.g. -smp 32,sockets=4 --host-cpus 4 for a smaller one.
+    Runs compare's four runs (boot and hpet-bench, before and after, no ablation) as they are and
+    with one cost, or one of the boot's profile parameters (in the boot's runs), at a time scaled
+    by each factor, and prints a table of the boot's speed-up and the HPET read's median speed-up
+    at each, most influential first, naming those the verdict depends on (a figure moves more
+    than 10%) and those it does not. The machine is compare's, 240 vCPUs on 32 host CPUs (140
+    runs, about three minutes on 2 cores); ARGS change it (see below), e.g. -smp 32,sockets=4
+    --host-cpus 4 for a smaller one.
     """
     from .batch import Failure, open_executor
-    from .sensitivity import (DEFAULT_PARAMETERS, assemble, format_sensitivity, run_sensitivity,
+    from .sensitivity import (DEFAULT_PARAMETERS, assemble, distinct_runs, format_sensitivity, run_sensitivity,
                               sensitivity_configs)
 
     argv = [*MACHINE_ARGS.split(), *args]
@@ -841,17 +842,18 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
     plots = _out_dir(plot_dir)
     results: dict[Any, dict[str, Any] | Failure] = {}
     t0 = time.monotonic()
-    with open_executor(executor, jobs=jobs) as opened, _progress(quiet, len(runs), "runs") as bar:
+    total = distinct_runs(runs)
+    with open_executor(executor, jobs=jobs) as opened, _progress(quiet, total, "runs") as bar:
         try:
             s = run_sensitivity(argv, parameters=names, factors=fs, executor=opened.executor, jobs=jobs,
                                 slots=opened.slots, progress=_sweep_progress(bar, "sensitivity"), results=results)
         except KeyboardInterrupt:
             bar.close()
-            click.echo(f"interrupted: {len(results)} of {len(runs)} runs finished")
+            click.echo(f"interrupted: {distinct_runs(runs, results)} of {total} runs finished")
             click.echo(format_sensitivity(assemble(" ".join(argv), results, values, fs, interrupted=True)))
             raise
     click.echo(format_sensitivity(s))
-    click.echo(f"\n({len(runs)} runs; {opened.words}; wall time {time.monotonic() - t0:.1f} s)")
+    click.echo(f"\n({total} runs; {opened.words}; wall time {time.monotonic() - t0:.1f} s)")
     if json_file is not None:
         _write_json(json_file, s.to_dict())
         click.echo(f"wrote {json_file}")

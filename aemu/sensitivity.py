@@ -1,24 +1,26 @@
-"""How robust the comparison's verdict is: each cost one at a time over 0.5x-2x of its value.
+"""How robust the comparison's verdict is: each cost, and each of the boot's guest-profile
+assumptions, one at a time over 0.5x-2x of its value.
 
 The verdict of ``aemu compare`` is two figures: the boot's speed-up after the series (boot time
 before / after) and the HPET counter read's median latency before / after (what the verdict
 states as "N% lower"). :func:`run_sensitivity` runs the comparison's four runs (boot and
 hpet-bench, before and after; no ablation) at the base costs and again with one cost at a time
-scaled by each factor (default 0.5x and 2x), and reports how far each figure moves. A cost the
-verdict *depends on* moves a figure by more than :data:`THRESHOLD` (10%) at either end; the
-others it does not depend on. One-at-a-time shows each cost's own effect around the base, not
-their interactions (Sobol indices would; they need thousands of runs of a 240-vCPU machine).
+scaled by each factor (default 0.5x and 2x), and reports how far each figure moves; a boot
+parameter (``param.work_us``, ...) is scaled in the boot's runs only. A parameter the verdict
+*depends on* moves a figure by more than :data:`THRESHOLD` (10%) at either end; the others it
+does not depend on. One-at-a-time shows each one's own effect around the base, not their
+interactions (Sobol indices would; they need thousands of runs of a 240-vCPU machine).
 
 The default machine is the comparison's, 240 vCPUs on 32 host CPUs, with hpet-bench's default
-reads (the verdict's HPET figure is the median read); the 108 runs take about two minutes on 2
-cores.
+reads (the verdict's HPET figure is the median read); the 140 runs take about three minutes on
+2 cores.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +30,9 @@ from .config import MachineConfig
 from .errors import ConfigError
 from .sweep import SweepProgress, config_key, parameter, run_document
 
-__all__ = ["DEFAULT_ARGS", "DEFAULT_PARAMETERS", "FACTORS", "THRESHOLD", "Sensitivity", "Variant", "Verdict",
-           "format_sensitivity", "run_sensitivity", "sensitivity_configs"]
+__all__ = ["COST_PARAMETERS", "DEFAULT_ARGS", "DEFAULT_PARAMETERS", "FACTORS", "PROFILE_PARAMETERS", "THRESHOLD",
+           "Sensitivity", "Variant", "Verdict", "distinct_runs", "format_sensitivity", "run_sensitivity",
+           "sensitivity_configs"]
 
 #: The comparison's machine (the verdict whose robustness is measured is compare's), with
 #: hpet-bench's default reads: the verdict's HPET figure is the median read.
@@ -39,10 +42,16 @@ FACTORS = (0.5, 2.0)
 #: A verdict figure that moves by more than this (relative) at either factor depends on the cost.
 THRESHOLD = 0.10
 #: Every cost of the model, and the handler costs of the two timer devices the verdict is about.
-DEFAULT_PARAMETERS = ("costs.pio_exit_ns", "costs.mmio_exit_ns", "costs.kernel_exit_ns", "costs.bql_handoff_ns",
-                      "costs.mutex_handoff_ns", "costs.pre_run_ns", "costs.irq_inject_ns", "costs.ipi_ns",
-                      "costs.guest_compute_ns", "costs.timer_cb_ns", "costs.default_handler_ns",
-                      "costs.handler_ns.acpi-tmr", "costs.handler_ns.hpet")
+COST_PARAMETERS = ("costs.pio_exit_ns", "costs.mmio_exit_ns", "costs.kernel_exit_ns", "costs.bql_handoff_ns",
+                   "costs.mutex_handoff_ns", "costs.pre_run_ns", "costs.irq_inject_ns", "costs.ipi_ns",
+                   "costs.guest_compute_ns", "costs.timer_cb_ns", "costs.default_handler_ns",
+                   "costs.handler_ns.acpi-tmr", "costs.handler_ns.hpet")
+#: The boot's guest-profile assumptions that act on the machine the verdict is measured on
+#: (``pci_slots`` is a count of the board's, ``hv_read_ns`` matters only with hv-time).
+PROFILE_PARAMETERS = ("param.work_us", "param.phases", "param.qpc_per_s", "param.stalls_per_s", "param.stall_us",
+                      "param.poll_ns", "param.ap_start_us", "param.idle_ns")
+#: What ``aemu sensitivity`` varies by default: the costs, then the profile's assumptions.
+DEFAULT_PARAMETERS = COST_PARAMETERS + PROFILE_PARAMETERS
 
 _RUNS = (("boot", "before"), ("boot", "after"), ("hpet-bench", "before"), ("hpet-bench", "after"))
 
@@ -147,7 +156,22 @@ class Sensitivity:
                 "depends_on": self.depends_on(), "independent_of": self.independent_of()}
 
 
+def _boot_parameters() -> Mapping[str, Any]:
+    from .workloads.boot import Boot
+
+    return Boot.parameters
+
+
+def _scaled(name: str, v0: int, f: float) -> int:
+    """``v0`` x ``f``, rounded; a boot parameter no lower than its minimum (``phases`` 1)."""
+    low = int(_boot_parameters()[name.removeprefix("param.")].min) if name.startswith("param.") else 0
+    return max(round(v0 * f), low)
+
+
 def _base_value(config: MachineConfig, name: str) -> int:
+    if name.startswith("param."):
+        key = name.removeprefix("param.")
+        return int(dict(config.workload_params).get(key, _boot_parameters()[key].default))
     cost = name.removeprefix("costs.")
     if cost.startswith("handler_ns."):
         return config.costs.handler(cost.removeprefix("handler_ns."))
@@ -159,7 +183,9 @@ Key = tuple[str | None, float, str, str]  # (parameter or None for the baseline,
 
 def sensitivity_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                         factors: Sequence[float] = FACTORS) -> tuple[dict[Key, MachineConfig], dict[str, int]]:
-    """Every run's configuration, keyed (parameter or None, factor, workload, series); and each cost's base value."""
+    """Every run's configuration, keyed (parameter or None, factor, workload, series); and each parameter's
+    base value. A boot parameter (``param.NAME``) is scaled in the boot's runs only, and kept at its
+    minimum (``phases`` 1) if scaling would take it below."""
     if not parameters:
         raise ConfigError("--params: empty list; give costs such as costs.bql_handoff_ns")
     if not factors or any(f <= 0 for f in factors):
@@ -168,16 +194,28 @@ def sensitivity_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters:
     base = {(wl, s): seed[wl][s] for wl, s in _RUNS}
     runs: dict[Key, MachineConfig] = {(None, 1.0, wl, s): c for (wl, s), c in base.items()}
     values: dict[str, int] = {}
+    boot = _boot_parameters()
     for name in parameters:
-        if not name.startswith("costs."):
-            raise ConfigError(f"--params: {name!r} is not a cost; give costs.NAME (aemu costs lists them)")
+        if name.startswith("param."):
+            if name.removeprefix("param.") not in boot:
+                raise ConfigError(f"--params: {name!r} is not a parameter of the boot; its parameters: "
+                                  f"{', '.join('param.' + k for k in boot)}")
+        elif not name.startswith("costs."):
+            raise ConfigError(f"--params: {name!r} is neither a cost nor a boot parameter; give costs.NAME "
+                              "(aemu costs lists them) or param.NAME (aemu run --workload help)")
         p = parameter(name)
         values[name] = v0 = _base_value(base["boot", "before"], name)
         for f in factors:
-            v = round(v0 * f)
+            v = _scaled(name, v0, f)
             for (wl, s), c in base.items():
-                runs[name, f, wl, s] = p.apply(c, v)
+                runs[name, f, wl, s] = p.apply(c, v) if name.startswith("costs.") or wl == "boot" else c
     return runs, values
+
+
+def distinct_runs(runs: Mapping[Key, MachineConfig], keys: Iterable[Key] | None = None) -> int:
+    """How many runs ``keys`` (default: all of ``runs``) make: keys with equal configurations
+    (a boot parameter's hpet-bench runs are the baseline's) run once."""
+    return len({config_key(runs[k].to_dict()) for k in (runs if keys is None else keys)})
 
 
 def run_sensitivity(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
@@ -226,7 +264,7 @@ def assemble(args: str | Sequence[str], results: Mapping[Key, dict[str, Any] | F
     for name, v0 in values.items():
         for f in factors:
             v, err = verdict(name, f)
-            variants.append(Variant(name, f, round(v0 * f), v, err))
+            variants.append(Variant(name, f, _scaled(name, v0, f), v, err))
     base = MachineConfig.parse(args)
     text = base.qemu_args() + "".join(f" --param {k}={v}" for k, v in base.workload_params)
     if base.host_cpus:
@@ -238,18 +276,32 @@ def _factor(f: float) -> str:
     return f"{f:g}x"
 
 
+def _short(name: str) -> str:
+    """A parameter as the table names it: a cost by its name, a boot parameter as ``param.NAME``."""
+    return name.removeprefix("costs.")
+
+
+def _value(name: str, v: int) -> str:
+    """A parameter's value with its unit (a cost's is ns; a boot parameter's is in its name)."""
+    if name.startswith("costs."):
+        return f"{v:,} ns"
+    unit = next((u for suffix, u in (("_ns", " ns"), ("_us", " µs"), ("_per_s", "/s")) if name.endswith(suffix)), "")
+    return f"{v:,}{unit}"
+
+
 def format_sensitivity(s: Sensitivity) -> str:
     """The table (one line per cost, most influential first) and which costs the verdict depends on."""
     fs = s.factors
     out = [f"aemu sensitivity: {s.args} (boot); hpet-bench with hpet=on",
-           f"each cost at {' and '.join(_factor(f) for f in fs)} of its value, the others at theirs; "
-           f"a cost the verdict depends on moves a figure by more than {s.threshold:.0%}", ""]
+           f"each cost, and each boot parameter (param.*, in the boot's runs), at "
+           f"{' and '.join(_factor(f) for f in fs)} of its value, the others at theirs;",
+           f"a parameter the verdict depends on moves a figure by more than {s.threshold:.0%}", ""]
     if s.baseline is None:
         out.append("baseline: did not finish")
         return "\n".join(out)
     out += [f"baseline: {s.baseline.words()}", ""]
-    w = max(len("cost"), *(len(n) for n in s.parameters))
-    head = (f"{'cost':<{w}}  {'value':>9}  " + "  ".join(f"{'boot ' + _factor(f):>11}" for f in fs) + "  "
+    w = max(len("parameter"), *(len(_short(n)) for n in s.parameters))
+    head = (f"{'parameter':<{w}}  {'value':>10}  " + "  ".join(f"{'boot ' + _factor(f):>11}" for f in fs) + "  "
             + "  ".join(f"{'HPET ' + _factor(f):>11}" for f in fs) + f"  {'boot moves':>10}  {'HPET moves':>10}")
     out.append(head)
     base_values = dict(s.base_values)
@@ -265,18 +317,17 @@ def format_sensitivity(s: Sensitivity) -> str:
                 else:
                     cells.append(f"{f'{v.verdict.hpet_speedup:,.1f}x':>11}")
         bm, hm = s.moves(name)
-        out.append(f"{name.removeprefix('costs.'):<{w}}  {base_values[name]:>6,} ns  " + "  ".join(cells)
+        out.append(f"{_short(name):<{w}}  {_value(name, base_values[name]):>10}  " + "  ".join(cells)
                    + f"  {bm:>10.0%}  {hm:>10.0%}")
     out.append("")
     out.append("(boot: boot time before/after the series; HPET: median HPET read latency before/after)")
     dep, ind = s.depends_on(), s.independent_of()
-    short = [n.removeprefix("costs.") for n in dep]
-    out.append("the verdict depends on: " + (", ".join(short) if short else "none of these costs"))
-    out.append("it does not depend on: " + (", ".join(n.removeprefix("costs.") for n in ind) if ind else "-"))
+    out.append("the verdict depends on: " + (", ".join(map(_short, dep)) if dep else "none of these"))
+    out.append("it does not depend on: " + (", ".join(map(_short, ind)) if ind else "-"))
     flips = s.flips()
     if flips:
         out.append("the series stops helping at: " + ", ".join(
-            f"{v.parameter.removeprefix('costs.')} {_factor(v.factor)}" for v in flips))
+            f"{_short(v.parameter)} {_factor(v.factor)}" for v in flips))
     else:
         ok = [v.verdict for v in s.variants if v.verdict is not None]
         if ok:
@@ -284,5 +335,5 @@ def format_sensitivity(s: Sensitivity) -> str:
                        f"faster, the HPET read p50 at least {min(v.hpet_reduction for v in ok):.1%} lower")
     failed = [v for v in s.variants if v.error and "interrupted" not in v.error]
     for v in failed:
-        out.append(f"failed: {v.parameter} {_factor(v.factor)} ({v.value:,} ns): {v.error}")
+        out.append(f"failed: {v.parameter} {_factor(v.factor)} ({_value(v.parameter, v.value)}): {v.error}")
     return "\n".join(out)

@@ -9,7 +9,8 @@ import pytest
 
 from aemu.cli import main
 from aemu.errors import ConfigError
-from aemu.sensitivity import Sensitivity, Variant, Verdict, format_sensitivity, run_sensitivity, sensitivity_configs
+from aemu.sensitivity import (Sensitivity, Variant, Verdict, distinct_runs, format_sensitivity, run_sensitivity,
+                              sensitivity_configs)
 
 # fifo: the hand-off is then the convoy's price, which the verdict must depend on
 ARGS = "-M q35,hpet=off -smp 8 -accel kvm,kernel-irqchip=split --param phases=1 --param reads=50 --lock-policy fifo"
@@ -43,11 +44,21 @@ def test_which_costs_the_verdict_depends_on(small: Sensitivity) -> None:
 def test_the_table(small: Sensitivity) -> None:
     text = format_sensitivity(small)
     lines = text.splitlines()
-    assert lines[3].startswith("baseline: boot ") and "HPET read p50" in lines[3]
-    assert lines[5].split()[:6] == ["cost", "value", "boot", "0.5x", "boot", "2x"]
-    assert lines[6].startswith("bql_handoff_ns ") and lines[7].startswith("default_handler_ns ")
+    assert lines[4].startswith("baseline: boot ") and "HPET read p50" in lines[4]
+    assert lines[6].split()[:6] == ["parameter", "value", "boot", "0.5x", "boot", "2x"]
+    assert lines[7].startswith("bql_handoff_ns ") and lines[8].startswith("default_handler_ns ")
+    assert lines[7].split()[1:3] == ["5,000", "ns"]
     assert "the verdict depends on: bql_handoff_ns" in text and "it does not depend on: default_handler_ns" in text
-    assert lines[7].split()[-2:] == ["0%", "0%"]
+    assert lines[8].split()[-2:] == ["0%", "0%"]
+
+
+def test_values_carry_their_units() -> None:
+    base = Verdict(2.0, False, 10.0)
+    values = (("costs.handler_ns.hpet", 300), ("param.work_us", 2_000), ("param.phases", 3), ("param.qpc_per_s", 10_000))
+    s = Sensitivity("ARGS", base, tuple(Variant(n, f, round(v * f), base) for n, v in values for f in (0.5, 2.0)), values)
+    rows = {line.split()[0]: line.split()[1:3] for line in format_sensitivity(s).splitlines()[7:11]}
+    assert rows == {"handler_ns.hpet": ["300", "ns"], "param.work_us": ["2,000", "µs"], "param.phases": ["3", "2.0x"],
+                    "param.qpc_per_s": ["10,000/s", "2.0x"]}
 
 
 def test_a_verdict_that_flips_is_named() -> None:
@@ -72,12 +83,14 @@ def test_the_command_table_json_and_tornado(tmp_path: Path, capsys: pytest.Captu
     PIL = pytest.importorskip("PIL.Image")
     text = PIL.open(plots / "sensitivity-tornado.png").text
     assert text["Title"].splitlines() == ["boot", "hpet-bench"]
-    assert "legend: cost x0.5" in text["Description"] and "legend: cost x2" in text["Description"]
+    assert "legend: value x0.5" in text["Description"] and "legend: value x2" in text["Description"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--params", "costs.nope"], "unknown cost 'costs.nope'"),
-    (["--params", "smp"], "--params: 'smp' is not a cost; give costs.NAME"),
+    (["--params", "smp"], "--params: 'smp' is neither a cost nor a boot parameter; give costs.NAME"),
+    (["--params", "param.reads"], "--params: 'param.reads' is not a parameter of the boot; its parameters: "
+                                  "param.phases, param.work_us"),
     (["--params", ""], "--params: empty list"),
     (["--factors", "0.5,x"], "--factors '0.5,x': give multiples such as 0.5,2"),
     (["--factors", "0,2"], "--factors: [0.0, 2.0]; give positive multiples"),
@@ -89,9 +102,31 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys: pyt
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_configs_reject_non_costs() -> None:
-    with pytest.raises(ConfigError, match="not a cost"):
-        sensitivity_configs(ARGS, parameters=["param.reads"])
+def test_configs_reject_what_is_neither_a_cost_nor_a_boot_parameter() -> None:
+    with pytest.raises(ConfigError, match="neither a cost nor a boot parameter"):
+        sensitivity_configs(ARGS, parameters=["seed"])
+    with pytest.raises(ConfigError, match="not a parameter of the boot"):
+        sensitivity_configs(ARGS, parameters=["param.reads"])  # hpet-bench's
+
+
+def test_a_boot_parameter_is_scaled_in_the_boots_runs_only_and_kept_in_range() -> None:
+    runs, values = sensitivity_configs(ARGS, parameters=["param.phases", "param.work_us"], factors=(0.5, 2.0))
+    assert values == {"param.phases": 1, "param.work_us": 2_000}  # ARGS gives phases=1; work_us its default
+    assert dict(runs["param.work_us", 2.0, "boot", "before"].workload_params)["work_us"] == 4_000
+    assert dict(runs["param.phases", 0.5, "boot", "after"].workload_params)["phases"] == 1  # not 0: its minimum
+    assert runs["param.work_us", 2.0, "hpet-bench", "before"] == runs[None, 1.0, "hpet-bench", "before"]
+    # the baseline's four, each parameter's boots at each factor, less phases at 0.5x (the baseline's)
+    assert distinct_runs(runs) == 4 + 2 * 2 * 2 - 2
+
+
+def test_a_boot_parameter_moves_the_boot_and_not_hpet_bench() -> None:
+    s = run_sensitivity(ARGS, parameters=["param.work_us"], jobs=2)
+    assert s.baseline is not None
+    half, double = (v.verdict for v in s.variants)
+    assert half is not None and double is not None
+    assert half.hpet_speedup == double.hpet_speedup == s.baseline.hpet_speedup
+    assert half.boot_speedup != s.baseline.boot_speedup != double.boot_speedup
+    assert format_sensitivity(s).splitlines()[7].split()[:3] == ["param.work_us", "2,000", "µs"]
 
 
 def test_the_command_runs_compare_machine_by_default() -> None:

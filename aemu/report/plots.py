@@ -445,8 +445,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], x: str, path: str | Path) -> P
 
 
 def plot_tornado(sensitivity: Any, path: str | Path) -> Path:
-    """A tornado plot of :class:`aemu.sensitivity.Sensitivity`: per cost, how far each verdict figure
-    moves at each factor, the most influential cost on top; two panels (boot speed-up, HPET read
+    """A tornado plot of :class:`aemu.sensitivity.Sensitivity`: per cost or boot parameter, how far each verdict figure
+    moves at each factor, the most influential on top; two panels (boot speed-up, HPET read
     p50 speed-up), log x axes, the baseline as a line."""
     s = sensitivity
     if s.baseline is None:
@@ -470,16 +470,17 @@ def plot_tornado(sensitivity: Any, path: str | Path) -> Path:
                 val = getattr(v.verdict, attr)
                 h = 0.8 / len(s.factors)
                 ax.barh(i - 0.4 + h * (j + 0.5), val - base, left=base, height=h, color=colours[f],
-                        label=f"cost x{f:g}" if i == 0 else None)
+                        label=f"value x{f:g}" if i == 0 else None)
         ax.axvline(base, color="0.2", linewidth=1.2, zorder=3)
         ax.set_xscale("log")
         _plain_log_ticks(ax.xaxis, 10)
         ax.set_yticks(range(len(names)), [n.removeprefix("costs.") for n in names], fontsize=8.5)
-        ax.set_xlabel(xlabel + f"\nline: at the costs as they are ({base:,.1f}x)", fontsize=9)
+        ax.set_xlabel(xlabel + f"\nline: at the values as they are ({base:,.1f}x)", fontsize=9)
     ax1.tick_params(labelleft=False)
     ax0.set_title("boot", fontsize=10)
     ax1.set_title("hpet-bench", fontsize=10)
-    fig.suptitle(f"sensitivity of the verdict to each cost (x{' and x'.join(f'{f:g}' for f in s.factors)}), "
+    fig.suptitle(f"sensitivity of the verdict to each cost and boot parameter "
+                 f"(x{' and x'.join(f'{f:g}' for f in s.factors)}), "
                  f"{s.args}", fontsize=10.5)
     ax0.legend(fontsize=8.5, framealpha=0.9, loc="lower right")
     return _save(fig, path)
