@@ -274,7 +274,9 @@ def _parts_table(model: dict[str, tuple[Result, Result]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["", "the model's boots in two parts, split where the BSP has started every AP: the start-up (the BSP "
                 "alone, then one AP at a time)", "and the phases (every vCPU); the start-up is a larger share of a "
-                "shortened boot than of a real one, which draws the boot's ratio towards its own:", ""] + [
+                "shortened boot than of a real one, which draws the boot's ratio towards its own;",
+            "how often all vCPUs meet (a phase's length, --param work_us, an assumption) moves the phases' ratio "
+            "most (aemu sensitivity):", ""] + [
         "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip()
         for row in rows]
 
