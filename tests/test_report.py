@@ -326,6 +326,7 @@ class TestRunReport:
             "series": "before (no patches of the BQL-free series)",
             "model": "BQL hand-off barging; quantum 10 µs; seed 1",  # glibc's mutex, the default
             "metric": "boot time: 5 ms (did not finish)",
+            "milestones": "APs started {:,.2f} ms, phase 0 done {:,.2f} ms".format(*(ns / 1e6 for _, ns in capped.milestones)),
             "status": "cap hit: did not finish in 5.00 ms (0 of 20 vCPUs finished)",
             "virtual time": "5.00 ms",
             "wall time": f"{capped.wall_s:,.2f} s",
@@ -339,6 +340,18 @@ class TestRunReport:
         r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-rq per-cpu --param reads=10"))
         model = next(line for line in section(render_run_report(r, plain=True), "aemu run") if "model" in line)
         assert model.strip().endswith("seed 1; 2 host CPUs with per-CPU run queues")
+
+    def test_the_milestones_line_for_a_workload_that_marks_them(self) -> None:
+        r = aemu.simulate(aemu.MachineConfig.parse("-smp 2 -accel kvm,kernel-irqchip=split --workload boot "
+                                                   "--param phases=2"))
+        line = next(line for line in section(render_run_report(r, plain=True), "aemu run")
+                    if line.strip().startswith("milestones"))
+        up, n0, n1 = (ns for _, ns in r.milestones)
+        assert line.split("milestones", 1)[1].strip() == (
+            f"APs started {up / 1e6:,.2f} ms, phase 0 done {n0 / 1e6:,.2f} ms, phase 1 done {n1 / 1e6:,.2f} ms")
+        bench = aemu.simulate(aemu.MachineConfig.parse("-smp 2 --param reads=10"))  # hpet-bench marks none
+        assert bench.milestones == () and not any(
+            line.strip().startswith("milestones") for line in section(render_run_report(bench, plain=True), "aemu run"))
 
     def test_the_host_cpus_line_says_how_the_scheduler_shared_them(self, capped: Result) -> None:
         r = aemu.simulate(aemu.MachineConfig.parse("-smp 4 --host-cpus 2 --host-rq per-cpu --param reads=10"))

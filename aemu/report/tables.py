@@ -119,6 +119,8 @@ def _summary(result: Result) -> _Fields:
                   + (f"; {cfg.host_text()}" if cfg.host_cpus else "")),
         *((("host CPUs", _host_cpus(result.host_cpus, cfg.host_rq == "per-cpu")),) if result.host_cpus else ()),
         ("metric", metric),
+        *((("milestones", ", ".join(f"{name} {_ms(ns)} ms" for name, ns in result.milestones)),)
+          if result.milestones else ()),
         ("status", _status(result)),
         ("virtual time", f"{_ms(result.virtual_ns)} ms"),
         ("wall time", f"{result.wall_s:,.2f} s"),
