@@ -31,9 +31,9 @@ section 6 and in README's guest-profile table.
   (docs/WINDOWS-GUEST.md 2.1). Both are rates, so ``work_us`` sets only how often the vCPUs
   meet, not what they do between two meetings. After each phase the vCPUs meet at a rendezvous
   in guest memory (an IPI generic call's barrier): early arrivers spin with ``pause`` (Windows'
-  spin-waits use ``KeYieldProcessor``, i.e. PAUSE). KVM's pause-loop exiting then offers their host CPU to a vCPU that is ready
-  (:mod:`aemu.sched`): one preempted in the guest, or woken from HLT -- not one asleep on the
-  BQL in QEMU, which the spinners keep waiting for. Then each vCPU idles for one clock tick of
+  spin-waits use ``KeYieldProcessor``, i.e. PAUSE). KVM's pause-loop exiting then offers their
+  host CPU to a vCPU that is ready (:mod:`aemu.sched`): one preempted in the guest, or woken
+  from HLT -- not one asleep on the BQL in QEMU, which the spinners keep waiting for. Then each vCPU idles for one clock tick of
   ``idle_ns``. The BSP, Windows' clock owner, prints a progress line and idles on the clock
   Windows picks (:class:`ClockTick`: HPET timer 0 one-shots, else its LAPIC timer); the APs arm
   their LAPIC timers and halt (with an HPET, Windows 24H2 would route their ticks through the
