@@ -490,3 +490,19 @@ class TestMilestones:
         times = [ns for _, ns in r.milestones]
         assert 0 < times[0] < times[1] < times[2] <= r.virtual_ns
         assert r.to_dict()["workload"]["milestones"] == dict(r.milestones)
+
+    def test_more_phases_of_the_same_length_keep_the_phases_ratio(self) -> None:
+        """README ("A first look"): the number of phases is a faithful shortening of the boot; the
+        before/after ratio of its phases (from the APs-started milestone to the end) stays put."""
+        def phases_ratio(phases: int) -> float:
+            spent = {}
+            for series in ("before", "after"):
+                r = simulate(MachineConfig.parse(f"-M q35,hpet=off -cpu host -smp 32 {SPLIT} --host-cpus 4 "
+                                                 f"--workload boot --param phases={phases} --series {series}"))
+                up = r.milestone_ns("APs started")
+                assert up is not None and r.finished
+                spent[series] = r.virtual_ns - up
+            return spent["before"] / spent["after"]
+
+        two, eight = phases_ratio(2), phases_ratio(8)
+        assert two > 1.3 and eight == pytest.approx(two, rel=0.05)
