@@ -163,9 +163,13 @@ def _boot_parameters() -> Mapping[str, Any]:
 
 
 def _scaled(name: str, v0: int, f: float) -> int:
-    """``v0`` x ``f``, rounded; a boot parameter no lower than its minimum (``phases`` 1)."""
-    low = int(_boot_parameters()[name.removeprefix("param.")].min) if name.startswith("param.") else 0
-    return max(round(v0 * f), low)
+    """``v0`` x ``f``, rounded; a boot parameter kept in its range (``phases`` at least 1,
+    ``pci_slots`` at most 32)."""
+    v = max(round(v0 * f), 0)
+    if name.startswith("param."):
+        p = _boot_parameters()[name.removeprefix("param.")]
+        v = max(v, int(p.min)) if p.max is None else min(max(v, int(p.min)), int(p.max))
+    return v
 
 
 def _base_value(config: MachineConfig, name: str) -> int:
@@ -184,8 +188,8 @@ Key = tuple[str | None, float, str, str]  # (parameter or None for the baseline,
 def sensitivity_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                         factors: Sequence[float] = FACTORS) -> tuple[dict[Key, MachineConfig], dict[str, int]]:
     """Every run's configuration, keyed (parameter or None, factor, workload, series); and each parameter's
-    base value. A boot parameter (``param.NAME``) is scaled in the boot's runs only, and kept at its
-    minimum (``phases`` 1) if scaling would take it below."""
+    base value. A boot parameter (``param.NAME``) is scaled in the boot's runs only, and kept in its
+    range (:func:`_scaled`)."""
     if not parameters:
         raise ConfigError("--params: empty list; give costs such as costs.bql_handoff_ns")
     if not factors or any(f <= 0 for f in factors):

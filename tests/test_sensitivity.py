@@ -114,6 +114,8 @@ def test_a_boot_parameter_is_scaled_in_the_boots_runs_only_and_kept_in_range() -
     assert values == {"param.phases": 1, "param.work_us": 2_000}  # ARGS gives phases=1; work_us its default
     assert dict(runs["param.work_us", 2.0, "boot", "before"].workload_params)["work_us"] == 4_000
     assert dict(runs["param.phases", 0.5, "boot", "after"].workload_params)["phases"] == 1  # not 0: its minimum
+    slots, _ = sensitivity_configs(ARGS, parameters=["param.pci_slots"], factors=(2.0,))
+    assert dict(slots["param.pci_slots", 2.0, "boot", "before"].workload_params)["pci_slots"] == 32  # its maximum
     assert runs["param.work_us", 2.0, "hpet-bench", "before"] == runs[None, 1.0, "hpet-bench", "before"]
     # the baseline's four, each parameter's boots at each factor, less phases at 0.5x (the baseline's)
     assert distinct_runs(runs) == 4 + 2 * 2 * 2 - 2
