@@ -294,6 +294,7 @@ def test_ctrl_c_while_the_package_imports_exits_quietly() -> None:
     traceback. The child sends itself SIGINT while ``aemu.machine`` is being imported."""
     code = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a shell, whatever the parent ignores\n"
         "sys.argv[0] = 'aemu'  # as the console script\n"
         "class Hook:\n"
         "    def find_spec(self, name, path, target=None):\n"
