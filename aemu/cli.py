@@ -824,8 +824,8 @@ def sensitivity(params: str | None, factors: str, executor: str, jobs: int | Non
     by each factor, and prints a table of the boot's speed-up and the HPET read's median speed-up
     at each, most influential first, naming those the verdict depends on (a figure moves more
     than 10%) and those it does not. The machine is compare's, 240 vCPUs on 32 host CPUs (140
-    runs, about three minutes on 2 cores); ARGS change it (see below), e.g. -smp 32,sockets=4
-    --host-cpus 4 for a smaller one.
+    runs, about two and a half minutes on 2 cores); ARGS change it (see below), e.g.
+    -smp 32,sockets=4 --host-cpus 4 for a smaller one.
     """
     from .batch import Failure, open_executor
     from .sensitivity import (DEFAULT_PARAMETERS, assemble, distinct_runs, format_sensitivity, run_sensitivity,

@@ -12,8 +12,8 @@ does not depend on. One-at-a-time shows each one's own effect around the base, n
 interactions (Sobol indices would; they need thousands of runs of a 240-vCPU machine).
 
 The default machine is the comparison's, 240 vCPUs on 32 host CPUs, with hpet-bench's default
-reads (the verdict's HPET figure is the median read); the 140 runs take about three minutes on
-2 cores.
+reads (the verdict's HPET figure is the median read); the 140 runs take about two and a half
+minutes on 2 cores.
 """
 
 from __future__ import annotations
