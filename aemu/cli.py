@@ -441,7 +441,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
     time. ARGS change that machine (see below). Virtual time: every figure is virtual time of the
     modelled machine, not host time. Ctrl-C stops at once and prints the runs that finished.
     """
-    from .compare import compare as run_compare, format_comparison, format_finished, seed_configs
+    from .compare import compare as run_compare, format_comparison, format_finished, published_document, seed_configs
 
     json_file = _out_file(json_path, "--json")
     plots = _out_dir(plot_dir)
@@ -467,7 +467,8 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
                 for label, r in finished.items():
                     workload, _, series = label.partition(" ")
                     by_workload[workload][series] = r.to_dict()
-                _write_json(json_file, {"schema": "aemu.compare/1", "interrupted": True, **by_workload})
+                _write_json(json_file, {"schema": "aemu.compare/1", "interrupted": True, **by_workload,
+                                        "published": published_document()})
                 click.echo(f"wrote {json_file}")
             raise
     click.echo(format_comparison(c))
@@ -476,7 +477,8 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
         _write_json(json_file, {"schema": "aemu.compare/1",
                                 "boot": {k: r.to_dict() for k, r in c.boot.items()},
                                 "hpet-bench": {k: r.to_dict() for k, r in c.bench.items()},
-                                **{name: {k: r.to_dict() for k, r in runs.items()} for name, runs in c.scenarios.items()}})
+                                **{name: {k: r.to_dict() for k, r in runs.items()} for name, runs in c.scenarios.items()},
+                                "published": published_document()})
         click.echo(f"wrote {json_file}")
     if plots is not None:
         from .report.plots import write_comparison_plots

@@ -30,7 +30,7 @@ from .workloads import WORKLOADS, get_workload
 from .workloads.boot import APS_STARTED
 
 __all__ = ["Comparison", "DEFAULT_ARGS", "MACHINE_ARGS", "compare", "format_comparison", "format_finished",
-           "published_multiple", "seed_configs"]
+           "published_document", "published_multiple", "seed_configs"]
 
 #: The series' reproducer: its command line (cover letter v2/v4), on the 32-core host it was
 #: measured on; kernel-irqchip=split is the path patch 6/6 fixes. hpet-bench's reads are
@@ -137,6 +137,13 @@ def seed_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, ablation: bool = T
     for name, change in SCENARIOS.items():
         out[name] = {label: boot[label].replace(**change) for label in ("before", "after")}
     return out
+
+
+def published_document() -> dict[str, dict[str, Any]]:
+    """:data:`PUBLISHED` as plain data, for ``aemu compare --json``: per scenario its row, the
+    published before and after, their ratio (None where not a number) and the source."""
+    return {key: {"row": p.row, "before": p.before, "after": p.after, "ratio": p.ratio, "source": p.source}
+            for key, p in PUBLISHED.items()}
 
 
 def compare(args: str | Sequence[str] = DEFAULT_ARGS, *, ablation: bool = True, jobs: int | None = None,

@@ -50,6 +50,22 @@ def test_compare_runs_the_seed_scenario_small(capsys: pytest.CaptureFixture[str]
         assert float(cells[-1].removesuffix("x")) == pytest.approx(ph0 / ph1, abs=0.006)
 
 
+def test_compare_json_holds_every_run_and_the_published_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "compare.json"
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "2", "--param", "phases=1",
+                 "--param", "reads=20", "--json", str(doc)]) == 0
+    assert f"wrote {doc}" in capsys.readouterr().out
+    d = json.loads(doc.read_text())
+    assert d["schema"] == "aemu.compare/1"
+    assert list(d) == ["schema", "boot", "hpet-bench", "hpet=on", "hv-time", "published"]
+    for name in ("boot", "hpet-bench", "hpet=on", "hv-time"):
+        assert set(d[name]) == {"before", "after"} and all(r["schema"] == "aemu.result/1" for r in d[name].values())
+    assert d["boot"]["before"]["config"]["patches"] == [] and d["hpet=on"]["after"]["config"]["hpet"] is True
+    assert "APs started" in d["boot"]["after"]["workload"]["milestones"]  # the parts compare splits the boots at
+    assert d["published"] == published_document() and d["published"]["hpet=on"]["ratio"] == pytest.approx(253 / 141)
+    assert all(p["source"] for p in d["published"].values())
+
+
 def test_compare_names_a_host_scheduler_other_than_the_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
                  "--host-cpus", "2", "--host-sched", "cfs"]) == 0
@@ -173,7 +189,7 @@ import time  # noqa: E402
 from aemu.cli import _MachineCommand, cli  # noqa: E402
 from aemu.config import MachineConfig  # noqa: E402
 from aemu.patches import ABLATION, PATCHES  # noqa: E402
-from aemu.compare import SCENARIOS  # noqa: E402
+from aemu.compare import SCENARIOS, published_document  # noqa: E402
 from aemu.workloads import WORKLOADS  # noqa: E402
 
 TRACE = "tests/data/linux-boot-excerpt.trace"
