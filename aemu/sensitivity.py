@@ -216,10 +216,18 @@ def sensitivity_configs(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters:
     return runs, values
 
 
+def _by_config(runs: Mapping[Key, MachineConfig], keys: Iterable[Key] | None = None) -> dict[str, list[Key]]:
+    """``keys`` (default: all of ``runs``) grouped by configuration: each group is one run (a boot
+    parameter's hpet-bench runs are the baseline's)."""
+    groups: dict[str, list[Key]] = {}
+    for k in runs if keys is None else keys:
+        groups.setdefault(config_key(runs[k].to_dict()), []).append(k)
+    return groups
+
+
 def distinct_runs(runs: Mapping[Key, MachineConfig], keys: Iterable[Key] | None = None) -> int:
-    """How many runs ``keys`` (default: all of ``runs``) make: keys with equal configurations
-    (a boot parameter's hpet-bench runs are the baseline's) run once."""
-    return len({config_key(runs[k].to_dict()) for k in (runs if keys is None else keys)})
+    """How many runs ``keys`` (default: all of ``runs``) make: keys with equal configurations run once."""
+    return len(_by_config(runs, keys))
 
 
 def run_sensitivity(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
@@ -234,9 +242,7 @@ def run_sensitivity(args: str | Sequence[str] = DEFAULT_ARGS, *, parameters: Seq
     """
     runs, values = sensitivity_configs(args, parameters=parameters, factors=factors)
     out: dict[Key, dict[str, Any] | Failure] = {} if results is None else results
-    by_config: dict[str, list[Key]] = {}
-    for k, c in runs.items():
-        by_config.setdefault(config_key(c.to_dict()), []).append(k)
+    by_config = _by_config(runs)
     todo = [(ck, runs[keys[0]]) for ck, keys in by_config.items()]
     t0 = time.monotonic()
     done = failed = 0
