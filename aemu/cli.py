@@ -190,7 +190,9 @@ def _machine_option_rows(defaults: Sequence[str], refuse: Mapping[str, str],
         ("--lock-policy", "|".join(LOCK_POLICIES), f"how the BQL is handed over [{d.lock_policy}]"),
         ("--host-cpus", "N", f"physical CPUs the vCPU and main-loop threads share [{d.host_cpus or 'one each'}]"),
         ("--host-rq", "|".join(HOST_RQS), f"their run queues: one for all (perfect balancing) or one per CPU "
-         f"[{d.host_rq}]"),
+         f"(Linux's balancing) [{d.host_rq}]"),
+        ("--host-nodes", "N", f"NUMA nodes the host CPUs are split into: per-CPU queues balance within a node, then "
+         f"across [{d.host_nodes}]"),
         ("--host-sched", "|".join(HOST_SCHEDS), f"how the host kernel shares the --host-cpus: EEVDF (Linux >= 6.6) "
          f"or CFS (older, wake-up preemption) [{d.host_sched}]"),
         ("--costs", "FILE", "costs from a TOML file [built in; aemu costs shows them]"),

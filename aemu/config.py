@@ -142,6 +142,9 @@ class MachineConfig:
     host_sched: str = "eevdf"
     #: their run queues (``--host-rq``): one for all CPUs (global) or one per CPU (per-cpu)
     host_rq: str = "global"
+    #: NUMA nodes the host CPUs are split into (``--host-nodes``), each one last-level cache: the
+    #: per-CPU queues' periodic balancing works within a node, then across nodes
+    host_nodes: int = 1
     #: ``-cpu host,hv-time``: the Hyper-V reference TSC page (a clock the guest reads with no exit)
     hv_time: bool = False
 
@@ -170,6 +173,11 @@ class MachineConfig:
             raise ConfigError(f"--host-sched: {self.host_sched!r}; accepted: {', '.join(HOST_SCHEDS)}")
         if self.host_rq not in HOST_RQS:
             raise ConfigError(f"--host-rq: {self.host_rq!r}; accepted: {', '.join(HOST_RQS)}")
+        if isinstance(self.host_nodes, bool) or not isinstance(self.host_nodes, int) or self.host_nodes < 1:
+            raise ConfigError(f"--host-nodes: must be a positive integer, got {self.host_nodes!r}")
+        if self.host_nodes > 1 and (self.host_cpus is None or self.host_nodes > self.host_cpus):
+            raise ConfigError(f"--host-nodes: {self.host_nodes} NUMA nodes need at least as many --host-cpus"
+                              + (f", got {self.host_cpus}" if self.host_cpus is not None else ", and none are given"))
         if self.duration_ns is not None and self.duration_ns <= 0:
             raise ConfigError(f"--duration: must be positive, got {self.duration_ns} ns")
 
@@ -194,7 +202,8 @@ class MachineConfig:
             "patches": sorted(self.patches, key=list(PATCHES).index), "lockless": list(self.lockless),
             "lock_policy": self.lock_policy, "seed": self.seed, "quantum_ns": self.quantum_ns,
             "duration_ns": self.duration_ns, "host_cpus": self.host_cpus,
-            "host_sched": self.host_sched, "host_rq": self.host_rq, "hv_time": self.hv_time,
+            "host_sched": self.host_sched, "host_rq": self.host_rq, "host_nodes": self.host_nodes,
+            "hv_time": self.hv_time,
             "costs": self.costs.to_dict(),
         }
 
@@ -206,7 +215,8 @@ class MachineConfig:
         cpus = f"{self.host_cpus} host CPU{'s' if self.host_cpus != 1 else ''}"
         sched = f" scheduled by {self.host_sched.upper()}" if self.host_sched != "eevdf" else ""
         rq = " with per-CPU run queues" if self.host_rq != "global" else ""
-        return cpus + sched + rq
+        nodes = f" in {self.host_nodes} NUMA nodes" if self.host_nodes > 1 else ""
+        return cpus + nodes + sched + rq
 
     def qemu_args(self) -> str:
         """The configuration as QEMU-style options."""
@@ -285,6 +295,8 @@ class MachineConfig:
                 kw["host_sched"] = inline
             elif opt == "--host-rq":
                 kw["host_rq"] = inline
+            elif opt == "--host-nodes":
+                kw["host_nodes"] = _int(opt, inline)
             elif opt == "--param":
                 key, eq2, val = inline.partition("=")
                 if not eq2 or not key:
@@ -306,7 +318,7 @@ class MachineConfig:
 
 _LONG_WITH_VALUE = {"--workload", "--series", "--patch", "--lockless", "--costs", "--seed", "--quantum",
                     "--duration", "--lock-policy", "--param", "--host-cpus", "--host-sched",
-                    "--host-rq"}
+                    "--host-rq", "--host-nodes"}
 
 #: Every option :meth:`MachineConfig.parse` takes a value for: the next argument, whatever it looks
 #: like (``--patch -hpet-lock``, ``--seed -1``), or ``--option=value`` for the long ones.

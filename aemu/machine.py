@@ -172,7 +172,8 @@ class Machine:
         #: threads (``--host-cpus``)
         self.host_cpus: HostCPUs | None = None
         if config.host_cpus is not None and config.host_cpus < n + 1:
-            self.host_cpus = HostCPUs(config.host_cpus, policy=config.host_sched, rq=config.host_rq)
+            self.host_cpus = HostCPUs(config.host_cpus, policy=config.host_sched, rq=config.host_rq,
+                                      nodes=config.host_nodes)
             for cpu in self.vcpus:
                 cpu.keeper.thread = self.host_cpus.thread(cpu.name, cpu.account)
             self.host.main_loop.thread = self.host_cpus.thread("main-loop")
@@ -344,6 +345,8 @@ class Machine:
             raise NeedsAsyncioError("Machine.start") from None
         self._t0 = time.perf_counter()
         self.host.main_loop.start()
+        if self.host_cpus is not None:
+            self.host_cpus.start_balancing()
         for dev in self.devices:
             dev.vm_start()
         for cpu in self.vcpus:
@@ -390,6 +393,8 @@ class Machine:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.host.main_loop.stop()
+        if self.host_cpus is not None:
+            self.host_cpus.stop_balancing()
         if tasks:
             self._tasks = []
             self.wall_s = time.perf_counter() - self._t0

@@ -50,8 +50,8 @@ from typing import Awaitable, Callable, Protocol
 from .clock import _keepers, call_at_ns, now_ns, sleep_ns
 from .errors import ConfigError
 
-__all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "RUN_QUEUES", "HostCPUs", "HostScheduler", "HostThread",
-           "eevdf_slice_ns"]
+__all__ = ["CFS", "EEVDF", "HOST_SCHEDULERS", "RUN_QUEUES", "Domain", "HostCPUs", "HostScheduler", "HostThread",
+           "domains", "eevdf_slice_ns"]
 
 BASE_SLICE_NS = 750_000  # sysctl_sched_base_slice (EEVDF) = sysctl_sched_min_granularity (CFS)
 #: KVM's pause-loop exiting window: KVM_VMX_DEFAULT_PLE_WINDOW, 4096 cycles (arch/x86/kvm/x86.h),
@@ -66,6 +66,16 @@ WAKE_AFFINE_BIAS_PCT = 100 + (117 - 100) // 2
 #: PELT's half-life: a load average decays by y per 1024 us period with y^32 = 1/2
 #: (kernel/sched/pelt.c), so by half in 32 periods.
 PELT_HALFLIFE_NS = 32 * 1_024_000
+#: Periodic load balancing (kernel/sched/topology.c ``sd_init``, kernel/sched/fair.c): a domain of
+#: ``w`` CPUs balances every ``balance_interval`` ms, from ``min_interval`` = w to ``max_interval``
+#: = 2w, times ``busy_factor`` 16 on a busy CPU; ``imbalance_pct`` 117; a task that ran within
+#: ``sysctl_sched_migration_cost`` 0.5 ms is cache-hot and stays unless the domain has failed to
+#: balance more than ``cache_nice_tries`` times (1 within a node, 2 across nodes); one pass moves
+#: at most ``sysctl_sched_nr_migrate`` 32 tasks.
+BUSY_FACTOR = 16
+IMBALANCE_PCT = 117
+MIGRATION_COST_NS = 500_000
+NR_MIGRATE = 32
 
 
 def eevdf_slice_ns(ncpus: int) -> int:
@@ -85,7 +95,7 @@ class HostThread:
 
     __slots__ = ("host", "name", "on_cpu", "ran_ns", "books", "_wakeup", "preemptions", "ready", "spinning", "in_guest",
                  "blocked", "cpu", "last_cpu", "waker", "vruntime", "_stop", "_t0", "load", "load_ns", "sleeping",
-                 "home")
+                 "home", "off_ns")
 
     def __init__(self, host: HostCPUs, name: str, books: Books | None = None) -> None:
         self.host = host
@@ -112,6 +122,7 @@ class HostThread:
         self.load_ns = 0
         self.sleeping = False
         self.home = -1
+        self.off_ns = 0  # when it last left a CPU (periodic balancing leaves a cache-hot thread where it is)
         self.vruntime = 0  # CPU time used (nice 0: vruntime is runtime), as placed at wake-ups by CFS
         self._stop: Awaitable[None] | None = None  # the CPU stretch it is in, settled early by a preemption
         self._t0 = 0  # when that stretch began
@@ -316,6 +327,44 @@ class CFS:
         return curr if curr.vruntime_now() - t.vruntime > self.wakeup_gran_ns else None
 
 
+class Domain:
+    """A sched domain as the CPU that balances it sees it (``struct sched_domain``): its CPUs, split
+    into groups (single CPUs within a node, whole nodes across them), and the CPU's balancing state
+    there. Only a group's first CPU balances a domain for it (``should_we_balance`` on busy CPUs)."""
+
+    __slots__ = ("name", "cpu", "span", "groups", "min_ms", "max_ms", "interval_ms", "cache_nice_tries", "failed",
+                 "next_ns")
+
+    def __init__(self, name: str, cpu: int, groups: list[list[int]], cache_nice_tries: int) -> None:
+        self.name = name
+        self.cpu = cpu
+        self.groups = groups
+        self.span = [c for g in groups for c in g]
+        self.min_ms = len(self.span)  # min_interval = balance_interval = sd_weight
+        self.max_ms = 2 * len(self.span)
+        self.interval_ms = self.min_ms
+        self.cache_nice_tries = cache_nice_tries
+        self.failed = 0  # nr_balance_failed
+        self.next_ns = 0
+
+    def busy_interval_ns(self) -> int:
+        """How long a busy CPU waits before it balances this domain again (``get_sd_balance_interval``)."""
+        return self.interval_ms * BUSY_FACTOR * 1_000_000
+
+
+def domains(n: int, nodes: int) -> list[Domain]:
+    """The domains of ``n`` CPUs in ``nodes`` NUMA nodes of consecutive CPUs (as even as they
+    go), each node one last-level cache: a domain per node whose groups are its CPUs (every CPU
+    balances it), and with several nodes one over all of them whose groups are the nodes (each
+    node's first CPU balances it). A one-CPU domain is left out, as Linux degenerates it."""
+    cut = [n * k // nodes for k in range(nodes + 1)]
+    node_cpus = [list(range(cut[k], cut[k + 1])) for k in range(nodes)]
+    out = [Domain("LLC", c, [[x] for x in cpus], 1) for cpus in node_cpus if len(cpus) > 1 for c in cpus]
+    if nodes > 1:
+        out += [Domain("NUMA", cpus[0], node_cpus, 2) for cpus in node_cpus]
+    return out
+
+
 #: ``--host-sched`` names -> policy factories (taking the number of CPUs).
 HOST_SCHEDULERS: dict[str, Callable[[int], HostScheduler]] = {"eevdf": lambda n: EEVDF(), "cfs": CFS}
 
@@ -332,17 +381,22 @@ class HostCPUs:
     a thread that finds no idle CPU queues on the CPU it last ran on (or, woken, on its waker's
     when that one is less loaded: wake-affine, :meth:`_target`), a CPU serves its own queue, and a
     CPU with an empty queue pulls the longest-waiting thread of the longest queue before it goes
-    idle (newidle balancing). Periodic balancing between busy CPUs is not modelled: on a busy CPU
-    it runs every ``balance_interval`` x ``busy_factor`` = sd_weight ms x 16 (``sd_init``), 32 ms
-    for an SMT pair to 512 ms across 32 CPUs, and it would shorten the queues this model lets
-    grow (README, "Host CPUs", gives what it moved in an experiment)."""
+    idle (newidle balancing), and busy CPUs balance periodically (:class:`Domain`,
+    :meth:`_balance`). ``nodes`` splits the CPUs into NUMA nodes of consecutive CPUs, each one
+    last-level cache: a domain per node, and one over all nodes when there are several
+    (assumptions: no SMT, one LLC per node)."""
 
     __slots__ = ("n", "slice_ns", "free", "curr", "queues", "wokens", "percpu", "threads", "dispatches", "yields",
-                 "policy", "wakeup_preemptions", "pulls", "affine_wakeups", "members")
+                 "policy", "wakeup_preemptions", "pulls", "affine_wakeups", "members", "domains", "migrations",
+                 "_balancer")
 
-    def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf", rq: str = "global") -> None:
+    def __init__(self, n: int, slice_ns: int | None = None, policy: str = "eevdf", rq: str = "global",
+                 nodes: int = 1) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"host CPUs must be a positive integer, got {n!r}")
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= n:
+            raise ConfigError(f"host NUMA nodes must be an integer from 1 to the number of host CPUs ({n}), "
+                              f"got {nodes!r}")
         if policy not in HOST_SCHEDULERS:
             raise ConfigError(f"host scheduler must be one of {', '.join(HOST_SCHEDULERS)}, got {policy!r}")
         if rq not in RUN_QUEUES:
@@ -364,6 +418,10 @@ class HostCPUs:
         self.wakeup_preemptions = 0
         self.pulls = 0  # threads an idle CPU took from another CPU's queue (per-cpu)
         self.affine_wakeups = 0  # wake-ups queued on the waker's CPU rather than their previous one (per-cpu)
+        self.migrations = 0  # threads periodic balancing moved (per-cpu)
+        #: per-CPU queues: the sched domains, lowest level first (:func:`domains`)
+        self.domains: list[Domain] = domains(n, nodes) if self.percpu else []
+        self._balancer: asyncio.TimerHandle | None = None
 
     def thread(self, name: str, books: Books | None = None) -> HostThread:
         """A new thread on these CPUs (not running until it first needs a CPU)."""
@@ -473,6 +531,7 @@ class HostCPUs:
         cpu = t.cpu
         t.on_cpu = False
         t.cpu = -1
+        t.off_ns = now_ns()
         self.curr[cpu] = None
         self._hand_on(cpu)
 
@@ -490,6 +549,7 @@ class HostCPUs:
             self.release(t)
         else:
             t.on_cpu = False
+            t.off_ns = now_ns()
             self.curr[t.cpu] = None
             t.cpu = -1
 
@@ -516,6 +576,89 @@ class HostCPUs:
             pulled = True
         self.free.append(cpu)
 
+    def start_balancing(self) -> None:
+        """Start periodic load balancing (per-CPU queues): every domain's first pass is one busy
+        interval after now, as all domains start with ``last_balance`` at the same jiffy."""
+        if not self.domains or self._balancer is not None:
+            return
+        now = now_ns()
+        for d in self.domains:
+            d.next_ns = now + d.busy_interval_ns()
+        self._balancer = call_at_ns(min(d.next_ns for d in self.domains), self._balance_due)
+
+    def stop_balancing(self) -> None:
+        """Stop periodic load balancing (the run is over)."""
+        if self._balancer is not None:
+            self._balancer.cancel()
+            self._balancer = None
+
+    def _balance_due(self) -> None:
+        """Run the passes that are due, lowest domain first, one after another (each sees what the
+        previous one moved; assumption), and wake again at the next one."""
+        now = now_ns()
+        for d in self.domains:
+            if d.next_ns <= now:
+                if self.curr[d.cpu] is not None:  # balancing runs from the busy CPU's tick
+                    self._balance(d, now)
+                d.next_ns = now + d.busy_interval_ns()
+        self._balancer = call_at_ns(min(d.next_ns for d in self.domains), self._balance_due)
+
+    def _nr_running(self, cpu: int) -> int:
+        return (self.curr[cpu] is not None) + len(self.wokens[cpu]) + len(self.queues[cpu])
+
+    def _balance(self, d: Domain, now: int) -> int:
+        """One ``load_balance`` pass of domain ``d`` on its CPU: find the busiest overloaded group
+        and its busiest CPU, compute the load to move (``calculate_imbalance``, migrate_load:
+        neither group may end up on the other side of the domain's average), and pull queued
+        threads, least recently run first, that are not cache-hot and whose load fits
+        (``detach_tasks``). Running threads are never moved (no active balancing; assumption).
+        Returns how many threads moved."""
+        this = d.cpu
+        loads = {c: self.cpu_load(c, now) for c in d.span}
+        avg = sum(loads.values()) / len(d.span)
+        local = next(g for g in d.groups if this in g)
+        local_avg = sum(loads[c] for c in local) / len(local)
+        busiest: list[int] | None = None
+        busiest_avg = 0.0
+        for g in d.groups:
+            if g is local or sum(self._nr_running(c) for c in g) <= len(g):  # only overloaded groups
+                continue
+            g_avg = sum(loads[c] for c in g) / len(g)
+            if busiest is None or g_avg > busiest_avg:
+                busiest, busiest_avg = g, g_avg
+        balanced = (busiest is None or local_avg >= busiest_avg or local_avg >= avg
+                    or (sum(self._nr_running(c) for c in local) > len(local)
+                        and 100 * busiest_avg <= IMBALANCE_PCT * local_avg))
+        if balanced or busiest is None:
+            d.failed = 0
+            d.interval_ms = min(d.interval_ms * 2, d.max_ms)
+            return 0
+        imbalance = min((busiest_avg - avg) * len(busiest), (avg - local_avg) * len(local))
+        src = max((c for c in busiest if self._nr_running(c) > 1), key=loads.__getitem__, default=-1)
+        moved = 0
+        if src >= 0:
+            waiting = [t for q in (self.wokens[src], self.queues[src]) for t in q
+                       if t._wakeup is not None and not t._wakeup.done()]
+            waiting.sort(key=lambda t: t.off_ns)
+            for t in waiting[:min(NR_MIGRATE, self._nr_running(src))]:
+                if now - t.off_ns < MIGRATION_COST_NS and d.failed <= d.cache_nice_tries:
+                    continue  # cache-hot
+                load = t.pelt(now)
+                if load / (1 << d.failed) > imbalance:
+                    continue
+                woken = t in self.wokens[src]
+                (self.wokens if woken else self.queues)[src].remove(t)
+                (self.wokens if woken else self.queues)[this].append(t)
+                self._move(t, this)
+                moved += 1
+                imbalance -= load
+                if imbalance <= 0:
+                    break
+        self.migrations += moved
+        d.failed = 0 if moved else d.failed + 1
+        d.interval_ms = d.min_ms  # it was unbalanced
+        return moved
+
     def yield_target(self) -> HostThread | None:
         """The queued vCPU a pause-loop exit would yield to: ready, not spinning itself (KVM's
         ``kvm_vcpu_on_spin`` skips vCPUs that are not ``ready`` and, by ``dy_eligible``, spinners).
@@ -538,6 +681,7 @@ class HostCPUs:
         self.curr[giver.cpu] = None
         giver.on_cpu = False
         giver.cpu = -1
+        giver.off_ns = now_ns()
         t._wakeup.set_result(None)
 
     def statistics(self) -> dict[str, int]:
@@ -545,4 +689,4 @@ class HostCPUs:
         return {"cpus": self.n, "slice_ns": self.slice_ns, "dispatches": self.dispatches,
                 "preemptions": sum(t.preemptions for t in self.threads), "queued": len(self.queued()),
                 "directed_yields": self.yields, "wakeup_preemptions": self.wakeup_preemptions, "pulls": self.pulls,
-                "affine_wakeups": self.affine_wakeups}
+                "affine_wakeups": self.affine_wakeups, "migrations": self.migrations}

@@ -146,6 +146,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in [
               lambda c, v: c.replace(host_sched=v)),
     Parameter("host-rq", "the host's run queues (global or per-cpu)", _choice("host-rq", HOST_RQS),
               lambda c, v: c.replace(host_rq=v)),
+    Parameter("host-nodes", "NUMA nodes the host CPUs are split into (per-cpu queues balance within, then across)",
+              _int_in("host-nodes", 1, MAX_CPUS), lambda c, v: c.replace(host_nodes=v)),
     Parameter("workload", "what the vCPUs run", str, lambda c, v: c.replace(workload=v)),
     Parameter("machine", "q35 or pc", _choice("machine", ("q35", "pc")), lambda c, v: c.replace(machine=v)),
     Parameter("hpet", "the HPET on or off", _onoff("hpet"), lambda c, v: c.replace(hpet=v)),

@@ -362,7 +362,7 @@ class TestRunReport:
         assert line.split("host CPUs", 1)[1].strip() == (
             f"{st['dispatches']:,} dispatches, {st['preemptions']:,} preemptions, {st['wakeup_preemptions']:,} "
             f"wake-up preemptions, {st['directed_yields']:,} directed yields, {st['pulls']:,} idle pulls, "
-            f"{st['affine_wakeups']:,} wake-affine wake-ups")
+            f"{st['affine_wakeups']:,} wake-affine wake-ups, {st['migrations']:,} moved by periodic balancing")
         assert r.to_dict()["host_cpus"] == st
         # with a CPU per thread there is no host scheduler: no line, no key
         assert capped.host_cpus is None and "host_cpus" not in capped.to_dict()

@@ -336,6 +336,19 @@ def test_readme_host_scheduler_table_matches_the_code() -> None:
     assert CFS(8).wakeup_gran_ns == 4 * MS and "4 ms on 8" in rows["CFS wake-up granularity (`--host-sched cfs`)"]
     assert WAKE_AFFINE_BIAS_PCT == 108 and "x 108%" in rows["wake-affine bias (`--host-rq per-cpu`)"]
     assert PELT_HALFLIFE_NS == 32_768_000 and "32.768 ms" in rows["PELT half-life (`--host-rq per-cpu`)"]
+    from aemu.sched import BUSY_FACTOR, IMBALANCE_PCT, MIGRATION_COST_NS, NR_MIGRATE, domains
+
+    interval = rows["periodic balancing interval (`--host-rq per-cpu`)"]
+    node, across = domains(32, 2)[0], domains(32, 2)[-1]
+    assert BUSY_FACTOR == 16 and "x 16 on a busy CPU" in interval
+    assert node.busy_interval_ns() == 256 * MS and across.busy_interval_ns() == 512 * MS
+    assert "256 ms in a 16-CPU node, 512 ms across 32 CPUs" in interval
+    limits = rows["periodic balancing limits (`--host-rq per-cpu`)"]
+    assert (IMBALANCE_PCT, MIGRATION_COST_NS, NR_MIGRATE) == (117, 500_000, 32)
+    assert (node.cache_nice_tries, across.cache_nice_tries) == (1, 2)
+    assert "117" in limits and "0.5 ms" in limits and "at most 32" in limits and "more than 1 time" in limits
+    assert MachineConfig().host_nodes == 1
+    assert rows["NUMA nodes (`--host-nodes`)"] == "1"
 
 
 def _queued_wake(rq: str, a_ms: float) -> tuple[int, int, int]:
@@ -500,3 +513,109 @@ def test_pelt_load_decays_while_asleep_and_stays_on_the_cpu_it_slept_on() -> Non
         assert a.pelt(clock.now_ns()) == pytest.approx(0.75)
 
     clock.run(main())
+
+
+# -- periodic load balancing (per-CPU queues) ------------------------------------------------
+
+
+def test_domains_follow_the_nodes() -> None:
+    """sd_init: a domain of w CPUs balances every w ms (x 16 on a busy CPU); within a node every
+    CPU balances for itself (groups: single CPUs), across nodes each node's first CPU does."""
+    from aemu.sched import domains
+
+    two = domains(32, 2)
+    llc = [d for d in two if d.name == "LLC"]
+    numa = [d for d in two if d.name == "NUMA"]
+    assert [d.cpu for d in llc] == list(range(32))
+    assert llc[0].span == list(range(16)) and llc[16].span == list(range(16, 32))
+    assert llc[0].groups == [[c] for c in range(16)]
+    assert (llc[0].busy_interval_ns(), llc[0].max_ms, llc[0].cache_nice_tries) == (256 * MS, 32, 1)
+    assert [d.cpu for d in numa] == [0, 16] and numa[0].groups == [list(range(16)), list(range(16, 32))]
+    assert (numa[0].busy_interval_ns(), numa[0].cache_nice_tries) == (512 * MS, 2)
+    one = domains(32, 1)
+    assert len(one) == 32 and all(d.name == "LLC" and d.busy_interval_ns() == 512 * MS for d in one)
+    # a one-CPU node has no domain of its own (Linux degenerates it)
+    assert [(d.name, d.cpu) for d in domains(4, 3)] == [("LLC", 2), ("LLC", 3), ("NUMA", 0), ("NUMA", 1),
+                                                        ("NUMA", 2)]
+    assert HostCPUs(4, rq="global").domains == []
+
+
+def _imbalanced(slice_ns: int, until_ms: int) -> tuple[list[int], list[int]]:
+    """Two CPUs, per-CPU queues: x runs alone on CPU 1; a, b and c share CPU 0 in slices of
+    ``slice_ns``. Returns the number of threads moved so far at 1 ms past each 32 ms, and the CPUs
+    a, b and c are on at the end."""
+    import asyncio
+
+    moved: list[int] = []
+
+    async def main() -> list[int]:
+        host = HostCPUs(2, slice_ns=slice_ns, rq="per-cpu")
+        x, a, b, c = (host.thread(n) for n in "xabc")
+        x.last_cpu = 1
+        for t in (a, b, c):
+            t.last_cpu = 0
+        host.start_balancing()
+
+        async def watch() -> None:
+            for k in range(1, until_ms // 32 + 1):
+                await clock.sleep_ns(k * 32 * MS + MS - clock.now_ns())
+                moved.append(host.migrations)
+
+        async def runner(t: object) -> None:
+            await t.run(until_ms * MS)  # type: ignore[attr-defined]
+
+        jobs = [asyncio.ensure_future(j) for j in (runner(x), runner(a), runner(b), runner(c))]
+        await watch()
+        cpus = [t.home for t in (a, b, c)]
+        host.stop_balancing()
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        return cpus
+
+    cpus = clock.run(main())
+    return moved, cpus
+
+
+def test_periodic_balancing_pulls_a_queued_thread_to_the_less_loaded_cpu() -> None:
+    """At 32 ms (2 CPUs: 2 ms x busy_factor 16) CPU 1 finds CPU 0 overloaded (load 3 against 1,
+    average 2) and pulls one thread, the least recently run; one more would overshoot the
+    average. Without balancing all three would stay on CPU 0 (no CPU ever goes idle)."""
+    moved, cpus = _imbalanced(3 * MS, 40)
+    assert moved == [1]
+    assert sorted(cpus) == [0, 0, 1]
+
+
+def test_periodic_balancing_leaves_cache_hot_threads_until_it_has_failed_enough() -> None:
+    """In 0.13 ms slices both threads queued on CPU 0 ran within sysctl_sched_migration_cost
+    (0.5 ms) of every pass: cache-hot. The passes at 32 and 64 ms move nothing
+    (nr_balance_failed 0, then 1, not above cache_nice_tries 1); the one at 96 ms moves one."""
+    moved, cpus = _imbalanced(130_000, 100)
+    assert moved == [0, 0, 1]
+    assert sorted(cpus) == [0, 0, 1]
+
+
+def test_a_machine_with_per_cpu_queues_balances_and_leaves_no_timer_behind() -> None:
+    import asyncio
+
+    from aemu.runner import run_machine
+
+    async def main() -> tuple[int, bool]:
+        m = Machine(MachineConfig.parse(config("--series before --param reads=20000 --host-cpus 3 "
+                                               "--host-rq per-cpu --host-nodes 1")))
+        await run_machine(m)
+        assert m.host_cpus is not None
+        return m.host_cpus.migrations, m.host_cpus._balancer is None
+
+    migrations, stopped = clock.run(main())
+    assert migrations > 0 and stopped
+
+
+@pytest.mark.parametrize("args, message", [
+    ("--host-cpus 4 --host-nodes 0", "--host-nodes: must be a positive integer, got 0"),
+    ("--host-cpus 2 --host-nodes 3", "--host-nodes: 3 NUMA nodes need at least as many --host-cpus, got 2"),
+    ("--host-nodes 2", "--host-nodes: 2 NUMA nodes need at least as many --host-cpus, and none are given"),
+])
+def test_host_nodes_must_fit_the_host_cpus(args: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MachineConfig.parse(config(args))

@@ -132,7 +132,8 @@ def _host_cpus(st: dict[str, int], per_cpu: bool) -> str:
     text = (f"{st['dispatches']:,} dispatches, {st['preemptions']:,} preemptions, "
             f"{st['wakeup_preemptions']:,} wake-up preemptions, {st['directed_yields']:,} directed yields")
     if per_cpu:
-        text += f", {st['pulls']:,} idle pulls, {st['affine_wakeups']:,} wake-affine wake-ups"
+        text += (f", {st['pulls']:,} idle pulls, {st['affine_wakeups']:,} wake-affine wake-ups, "
+                 f"{st['migrations']:,} moved by periodic balancing")
     return text
 
 
