@@ -284,6 +284,8 @@ class HostScheduler(Protocol):
 
     def wakeup_preempt(self, host: HostCPUs, t: HostThread, cpu: int) -> HostThread | None: ...
 
+    def migrate(self, host: HostCPUs, t: HostThread, old: int, new: int) -> None: ...
+
 
 class EEVDF:
     """Linux >= 6.6 (the default): a woken thread waits for the next reschedule. EEVDF's
@@ -296,6 +298,9 @@ class EEVDF:
         """The running thread that woken ``t``, landing on ``cpu``, preempts, or None."""
         return None
 
+    def migrate(self, host: HostCPUs, t: HostThread, old: int, new: int) -> None:
+        """``t`` moves from CPU ``old``'s queue to ``new``'s (nothing to carry over here)."""
+
 
 class CFS:
     """Linux < 6.6 (kernel/sched/fair.c): a woken thread is placed with the sleeper's credit
@@ -305,7 +310,10 @@ class CFS:
     ``wakeup_preempt_entity``). Both tunables scale like the slice: 6 ms and 1 ms x (1 +
     ilog2(min(ncpus, 8))). With no idle CPU the wake-up lands where ``select_task_rq_fair`` puts it
     (:meth:`HostCPUs._target`): with per-CPU queues the waker's CPU or the previous one; with one
-    queue the previous one (assumption: no wake-affine pull)."""
+    queue the previous one (assumption: no wake-affine pull). Each run queue has its own
+    ``min_vruntime``, and a thread that moves to another CPU's queue keeps its vruntime relative
+    to the queue it leaves (``migrate_task_rq_fair`` subtracts the old queue's ``min_vruntime``,
+    ``enqueue_entity`` adds the new one's)."""
 
     name = "cfs"
 
@@ -313,18 +321,33 @@ class CFS:
         factor = eevdf_slice_ns(ncpus) // BASE_SLICE_NS
         self.sleeper_credit_ns = 6_000_000 * factor // 2
         self.wakeup_gran_ns = 1_000_000 * factor
-        self.min_vruntime = 0  # cfs_rq->min_vruntime: never goes back
+        self.min_vruntime = [0] * ncpus  # cfs_rq->min_vruntime of each queue (one queue: [0]); never goes back
+
+    def queue_min_vruntime(self, host: HostCPUs, d: int) -> int:
+        """``update_min_vruntime`` of queue ``d``: the lowest vruntime of its running and queued
+        threads, never lower than before."""
+        if host.percpu:
+            curr = host.curr[d]
+            members = [*((curr,) if curr is not None else ()), *host.wokens[d], *host.queues[d]]
+        else:
+            members = [*(c for c in host.curr if c is not None), *host.queued()]
+        low = min((m.vruntime_now() for m in members), default=self.min_vruntime[d])
+        self.min_vruntime[d] = max(self.min_vruntime[d], low)
+        return self.min_vruntime[d]
 
     def wakeup_preempt(self, host: HostCPUs, t: HostThread, cpu: int) -> HostThread | None:
         """Place woken ``t``; the running thread on ``cpu`` it preempts, or None."""
-        running = [c.vruntime_now() for c in host.curr if c is not None]
-        queued = [q.vruntime for q in host.queued()]
-        self.min_vruntime = max(self.min_vruntime, min(running + queued, default=self.min_vruntime))
-        t.vruntime = max(t.vruntime, self.min_vruntime - self.sleeper_credit_ns)
+        floor = self.queue_min_vruntime(host, cpu if host.percpu else 0)
+        t.vruntime = max(t.vruntime, floor - self.sleeper_credit_ns)
         curr = host.curr[cpu] if cpu >= 0 else None
         if curr is None or curr._stop is None:  # not in a stretch of CPU time at this instant
             return None
         return curr if curr.vruntime_now() - t.vruntime > self.wakeup_gran_ns else None
+
+    def migrate(self, host: HostCPUs, t: HostThread, old: int, new: int) -> None:
+        """``t`` moves from CPU ``old``'s queue to ``new``'s: its vruntime keeps its distance
+        from the queue's ``min_vruntime``."""
+        t.vruntime += self.queue_min_vruntime(host, new) - self.queue_min_vruntime(host, old)
 
 
 class Domain:
@@ -450,6 +473,8 @@ class HostCPUs:
                 t.cpu = free.pop()
         else:
             cpu = self._target(t)
+            if self.percpu:
+                self._move(t, cpu)
             if t.blocked and (victim := self.policy.wakeup_preempt(self, t, cpu)) is not None:
                 self.wakeup_preemptions += 1
                 t.cpu = victim.cpu
@@ -457,8 +482,6 @@ class HostCPUs:
             else:
                 loop = asyncio.get_running_loop()
                 fut = t._wakeup = loop.create_future()
-                if self.percpu:
-                    self._move(t, cpu)
                 q = (self.wokens if t.blocked else self.queues)[cpu if self.percpu else 0]
                 q.append(t)
                 t0 = now_ns()
@@ -477,10 +500,10 @@ class HostCPUs:
                     if t.books is not None:
                         t.books.runnable_ns += waited
                 t._wakeup = None
-        self.curr[t.cpu] = t
-        t.last_cpu = t.cpu
         if self.percpu:
             self._move(t, t.cpu)
+        self.curr[t.cpu] = t
+        t.last_cpu = t.cpu
         t.on_cpu = True
         t.ready = t.blocked = False
         t.waker = -1
@@ -518,10 +541,12 @@ class HostCPUs:
         return sum(t.pelt(now) for t in self.members[cpu])
 
     def _move(self, t: HostThread, cpu: int) -> None:
-        """``t``'s load now counts on ``cpu`` (a migration takes it off its old CPU)."""
+        """``t``'s load now counts on ``cpu`` (a migration takes it off its old CPU, and the
+        policy carries its place in the queue over)."""
         if t.home != cpu:
             if t.home >= 0:
                 del self.members[t.home][t]
+                self.policy.migrate(self, t, t.home, cpu)
             self.members[cpu][t] = None
             t.home = cpu
 
@@ -648,8 +673,8 @@ class HostCPUs:
                     continue
                 woken = t in self.wokens[src]
                 (self.wokens if woken else self.queues)[src].remove(t)
-                (self.wokens if woken else self.queues)[this].append(t)
                 self._move(t, this)
+                (self.wokens if woken else self.queues)[this].append(t)
                 moved += 1
                 imbalance -= load
                 if imbalance <= 0:

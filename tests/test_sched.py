@@ -619,3 +619,24 @@ def test_a_machine_with_per_cpu_queues_balances_and_leaves_no_timer_behind() -> 
 def test_host_nodes_must_fit_the_host_cpus(args: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         MachineConfig.parse(config(args))
+
+
+def test_cfs_per_cpu_queues_each_have_a_min_vruntime_that_a_moved_thread_is_measured_against() -> None:
+    """CFS on per-CPU queues: a woken thread is placed against its own queue's min_vruntime
+    (place_entity), not the lowest of all CPUs; moved to another queue it keeps its distance
+    from the min (migrate_task_rq_fair, enqueue_entity); a queue's min never goes back."""
+    from aemu.sched import CFS
+
+    host = HostCPUs(2, policy="cfs", rq="per-cpu")
+    a, b, t, u = (host.thread(n) for n in "abtu")
+    host.curr[0], host.curr[1] = a, b  # running, between two stretches (vruntime as booked)
+    a.vruntime, b.vruntime = 10 * MS, 50 * MS
+    policy = host.policy
+    assert isinstance(policy, CFS) and policy.sleeper_credit_ns == 6 * MS  # sched_latency / 2 on 2 CPUs
+    assert policy.wakeup_preempt(host, t, 1) is None  # b is not 4 ms ahead of t once placed
+    assert t.vruntime == 44 * MS  # 50 ms (CPU 1's min) less the credit, not 10 ms less it
+    u.vruntime = 12 * MS  # 2 ms above CPU 0's min
+    policy.migrate(host, u, 0, 1)
+    assert u.vruntime == 52 * MS
+    a.vruntime = 5 * MS
+    assert policy.queue_min_vruntime(host, 0) == 10 * MS
