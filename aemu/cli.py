@@ -449,6 +449,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
     plots = _out_dir(plot_dir)
     argv = DEFAULT_COMPARE_ARGS.split() + list(args)
     configs = seed_configs(argv, ablation=not no_ablation)
+    comparison_host = configs["boot"]["before"].host_cpus
     labels = [f"{wl} {label}" for wl, runs in configs.items() for label in runs]
     total = len(labels)
     t0 = time.monotonic()
@@ -470,7 +471,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
                     workload, _, series = label.partition(" ")
                     by_workload[workload][series] = r.to_dict()
                 _write_json(json_file, {"schema": "aemu.compare/1", "interrupted": True, **by_workload,
-                                        "published": published_document()})
+                                        "published": published_document(comparison_host)})
                 click.echo(f"wrote {json_file}")
             raise
     click.echo(format_comparison(c))
@@ -480,7 +481,7 @@ def compare(no_ablation: bool, jobs: int | None, json_path: str | None, plot_dir
                                 "boot": {k: r.to_dict() for k, r in c.boot.items()},
                                 "hpet-bench": {k: r.to_dict() for k, r in c.bench.items()},
                                 **{name: {k: r.to_dict() for k, r in runs.items()} for name, runs in c.scenarios.items()},
-                                "published": published_document()})
+                                "published": published_document(comparison_host)})
         click.echo(f"wrote {json_file}")
     if plots is not None:
         from .report.plots import write_comparison_plots

@@ -456,3 +456,19 @@ def test_replay_follows_the_same_irqchip_default(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     assert main(["replay", TRACE, "-q", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["config"]["kernel_irqchip"] == MachineConfig().kernel_irqchip == "on"
+
+
+def test_compare_sets_a_run_beside_the_published_host_it_matches(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "c.json"
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
+                 "--host-cpus", "448", "--json", str(doc)]) == 0
+    out = capsys.readouterr().out
+    assert "published (Windows Server 2025 on 448 host cores) beside the model (the same options" in out
+    assert "2 min 19 s" in out and "1.85x" in out and "> 30x" in out and "4 min 13 s" not in out
+    assert json.loads(doc.read_text())["published"] == published_document(448)
+    assert main(["compare", "-q", "--jobs", "1", "--no-ablation", "-smp", "4", "--param", "phases=1",
+                 "--host-cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert ("published (Windows Server 2025 on 32 host cores) beside the model on 2 host CPUs (not the published "
+            "host; a shortened boot)") in out and "4 min 13 s" in out
