@@ -198,8 +198,9 @@ def parse_values(name: str, text: str) -> tuple[Any, ...]:
 
 # -- the grid -----------------------------------------------------------------------------------------
 
-#: Dimensions applied before the others, in this order: the series sets the patches, --patch edits them.
-_FIRST = ("series", "patch")
+#: Dimensions applied before the others, in this order: the series sets the patches, --patch edits
+#: them; the host's CPUs come before its NUMA nodes, which must fit in them.
+_FIRST = ("series", "patch", "host-cpus")
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,13 @@ class TestGrid:
         assert g.config({"patch": "-hpet-counter-lockless", "series": "before", "costs.bql_handoff_ns": 2000,
                          "lock-policy": "barging", "host-cpus": None}).patches == frozenset()
 
+    def test_the_host_cpus_before_the_nodes_that_must_fit_in_them(self) -> None:
+        """Whatever order the dimensions come in, a point's host CPUs are set before its NUMA
+        nodes (--host-nodes 2 needs at least 2 --host-cpus)."""
+        g = Grid.of(BASE, {"host-nodes": [1, 2], "host-rq": ["per-cpu"], "host-cpus": [4]})
+        c = g.config({"host-nodes": 2, "host-rq": "per-cpu", "host-cpus": 4})
+        assert (c.host_nodes, c.host_rq, c.host_cpus) == (2, "per-cpu", 4)
+
     def test_costs_handlers_params_and_text_values(self) -> None:
         assert parse_values("costs.bql_handoff_ns", "2us,5000") == (2000, 5000)
         assert parse_values("smp", "1, 8,32") == (1, 8, 32)
