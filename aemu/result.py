@@ -143,7 +143,8 @@ class Result:
     #: or None for a run without the checker (the document then has no ``check`` key).
     check: dict[str, Any] | None = None
     #: With ``--host-cpus``: how the host scheduler shared them (:meth:`aemu.sched.HostCPUs.statistics`:
-    #: dispatches, preemptions, wake-up preemptions, directed yields, pulls, wake-affine wake-ups),
+    #: dispatches, preemptions, wake-up preemptions, directed yields, pulls, wake-affine wake-ups,
+    #: threads moved by periodic balancing),
     #: else None (the document then has no ``host_cpus`` key).
     host_cpus: dict[str, int] | None = None
     #: (name, virtual ns since the start) of each point the workload marked

@@ -651,10 +651,9 @@ class HostCPUs:
             g_avg = sum(loads[c] for c in g) / len(g)
             if busiest is None or g_avg > busiest_avg:
                 busiest, busiest_avg = g, g_avg
-        balanced = (busiest is None or local_avg >= busiest_avg or local_avg >= avg
-                    or (sum(self._nr_running(c) for c in local) > len(local)
-                        and 100 * busiest_avg <= IMBALANCE_PCT * local_avg))
-        if balanced or busiest is None:
+        if (busiest is None or local_avg >= busiest_avg or local_avg >= avg
+                or (sum(self._nr_running(c) for c in local) > len(local)
+                    and 100 * busiest_avg <= IMBALANCE_PCT * local_avg)):  # balanced
             d.failed = 0
             d.interval_ms = min(d.interval_ms * 2, d.max_ms)
             return 0
